@@ -1,0 +1,37 @@
+# tta_bench — `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-full describe bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install tta_bench with pinned dependencies
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: install ## the default experiment: source, norm, tent on digits_c continual, then a comparison table
+	$(PY) run.py experiment=embedded_default
+
+test: install ## the test suite (CPU, under 15 minutes on 2 cores)
+	$(PY) -m pytest -q -m "not slow"
+
+test-full: install ## the test suite including slow end-to-end runs on the full embedded benchmark
+	$(PY) -m pytest -q
+
+describe: install ## print the embedded benchmark's required properties
+	$(PY) scripts/describe_embedded.py
+
+bench: install ## runner overhead vs a bare loop (figures in README)
+	$(PY) scripts/bench_overhead.py
+
+clean: ## remove the venv, results and caches (not data/ or models/)
+	rm -rf $(VENV) results .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,16 @@
+"""Entry point: `python run.py method=tent data=digits_c_continual seed=2` (Hydra)."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> str:
+    """Compose the config and run one experiment."""
+    from tta_bench.cli import main_task
+
+    return main_task(cfg)
+
+
+if __name__ == "__main__":
+    main()
