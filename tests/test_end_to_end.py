@@ -13,6 +13,7 @@ import torch
 import yaml
 from test_configs import compose_with
 
+import tta_bench
 from tta_bench.data.datasets import open_benchmark
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
 from tta_bench.data.streams import TRANSFORMS
@@ -121,3 +122,16 @@ def test_cli_missing_data_names_files_and_source(tmp_path):
     assert f"{tmp_path}/nonexistent/CIFAR-10-C" in proc.stderr
     assert "CIFAR-10-C.tar" in proc.stderr and "zenodo" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_library_api(embedded):
+    x, y = tta_bench.load_domain("digits_c", "fog", 5, n_examples=300, data_root=embedded["data_root"])
+    assert x.shape == (300, 3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.dtype == torch.int64 and len(y) == 300
+    full, _ = tta_bench.load_domain("digits_c", "fog", 5, data_root=embedded["data_root"])
+    torch.testing.assert_close(full[:300], x)  # file order
+    model = tta_bench.create_model("digits_c", embedded["model_dir"], embedded["data_root"], progress=False)
+    tent = tta_bench.create_method("tent", model)
+    assert not tent.returns_probabilities
+    errors = [(tent(x[i : i + 100]).argmax(1) != y[i : i + 100]).float().mean().item() for i in range(0, 300, 100)]
+    assert all(0 <= e <= 1 for e in errors)

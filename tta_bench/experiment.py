@@ -31,7 +31,7 @@ from tta_bench.runner import (
     plain_forward_seconds,
     to_device_images,
 )
-from tta_bench.tables import domain_table, render_text
+from tta_bench.tables import domain_table, render_text, run_summary
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,6 +83,7 @@ def resolve(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     config["method"].update(dataclasses.asdict(hparams))
     if int(cfg.data.batch_size) < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    parse_setting(cfg.data.setting)
     return config, hparams
 
 
@@ -145,6 +146,7 @@ def run_experiment(cfg: DictConfig) -> Path:
     write_record(run_dir, tables, OmegaConf.to_yaml(OmegaConf.create(config)))
     print(f"\n{method.name} on {info.name} {cfg.data.setting} (run {run_id}, {run_dir})")
     print(render_text(domain_table(tables["metrics"])))
+    print(run_summary(tables["metrics"], tables["cost"]))
     return run_dir
 
 

@@ -30,10 +30,30 @@ def domain_table(metrics: pd.DataFrame, columns: Sequence[str] = ("error", "ece"
     return table
 
 
+def _run_labels(records: Sequence[pd.DataFrame]) -> list[str]:
+    """Method names, extended by the fields that differ when one method appears several times."""
+    first = pd.DataFrame([df.iloc[0] for df in records])
+    if first["method"].is_unique:
+        return first["method"].tolist()
+    varying = [c for c in ("model", "setting", "seed", "batch_size", "n_examples") if first[c].nunique() > 1]
+    return [" ".join([row["method"]] + [f"{c}={row[c]}" for c in varying or ["run_id"]])
+            for _, row in first.iterrows()]
+
+
 def comparison_table(records: Sequence[pd.DataFrame], columns: Sequence[str] = ("error", "ece")) -> pd.DataFrame:
-    """Domain tables of several runs side by side, columns (method, metric)."""
-    parts = {f"{df['method'].iloc[0]}": domain_table(df, columns) for df in records}
-    return pd.concat(parts, axis=1)
+    """Domain tables of several runs side by side, columns (run label, metric)."""
+    return pd.concat({label: domain_table(df, columns) for label, df in zip(_run_labels(records), records)}, axis=1)
+
+
+def run_summary(metrics: pd.DataFrame, cost: pd.DataFrame) -> str:
+    """One line with the run-level numbers: mean error, forgetting, throughput, cost ratio."""
+    values = pd.concat([metrics, cost]).query("domain == 'all'").set_index("metric")["value"]
+    parts = [f"mean error {100 * values['mean_error']:.1f}%"]
+    for key, label in (("forgetting_clean", "forgetting clean"), ("forgetting_first_domain", "first domain")):
+        if key in values:
+            parts.append(f"{label} {100 * values[key]:+.1f}")
+    parts.append(f"{values['images_per_second']:.0f} img/s, cost ratio {values['cost_ratio']:.2f}")
+    return "; ".join(parts)
 
 
 def render_text(table: pd.DataFrame, digits: int = 1) -> str:

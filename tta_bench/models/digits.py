@@ -14,7 +14,7 @@ from tta_bench.models.resnet_small import SmallResNet
 from tta_bench.progress import progress_bar
 
 TRAIN_SEED = 0
-EPOCHS = 10
+EPOCHS = 14
 BATCH_SIZE = 128
 PEAK_LR = 0.1
 CHECKPOINT = f"digits_c/small_resnet_v{GENERATOR_VERSION}.pt"
