@@ -26,7 +26,11 @@ class PrintComparison(Callback):
         from tta_bench.results import is_done, read_record
         from tta_bench.tables import comparison_table, render_text
 
-        records = [read_record(d) for d in self.run_dirs if is_done(d)]
-        if len(records) > 1:
-            print("\nComparison (error and ECE in %):")
-            print(render_text(comparison_table(records)))
+        groups: dict[tuple, list] = {}
+        for record in (read_record(d) for d in self.run_dirs if is_done(d)):
+            key = tuple(record.iloc[0][["dataset", "setting", "n_examples"]])
+            groups.setdefault(key, []).append(record)
+        for (dataset, setting, n_examples), records in groups.items():
+            if len(records) > 1:  # single runs printed their own table already
+                print(f"\nComparison on {dataset} {setting}, {n_examples} images per domain (error and ECE in %):")
+                print(render_text(comparison_table(records)))

@@ -10,10 +10,13 @@ PERCENT_METRICS = ("error", "ece", "collapse_share", "nonfinite_share")
 
 
 def _domain_labels(df: pd.DataFrame) -> pd.Series:
-    """`fog`, or `fog@3` when a stream has several severities, plus `#r` for recurring rounds."""
+    """`fog`; `fog@3` when a stream has several severities; ` r2` for recurring rounds; ` (2)` for a
+    second visit of the same domain (gradual streams go up and down the severities)."""
     several = df["severity"].nunique() > 1
     label = df["domain"] + (("@" + df["severity"].astype(str)) if several else "")
-    return label + df["round"].map(lambda r: f"#{r}" if r else "")
+    label = label + df["round"].map(lambda r: f" r{r}" if r else "")
+    visit = df.groupby(label)["domain_index"].rank(method="dense").astype(int)
+    return label + visit.map(lambda k: f" ({k})" if k > 1 else "")
 
 
 def domain_table(metrics: pd.DataFrame, columns: Sequence[str] = ("error", "ece")) -> pd.DataFrame:

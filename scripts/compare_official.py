@@ -1,0 +1,102 @@
+"""Differential check against the official Tent code (DequanWang/tent) on the same model, data and order.
+
+Runs `source`, `norm` and `tent` through the tta_bench runner and the official implementation
+(`tent.py`, `norm.py` imported from a checkout that you provide; nothing of it is part of this
+project) on the digits_c stream, batch by batch in the same order, and reports the share of
+samples whose predicted class agrees and the largest per-domain error difference.
+Usage: python scripts/compare_official.py --official /path/to/tent [--setting continual] [--n-examples 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import numpy as np
+import torch
+
+import tta_bench
+from tta_bench.data.datasets import open_benchmark
+from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
+from tta_bench.data.streams import StreamSpec, build_stream
+from tta_bench.runner import adapt_stream, as_float, load_segment
+
+
+class Recorder:
+    """Wraps a tta_bench method and records its predicted classes, batch by batch."""
+
+    def __init__(self, method: tta_bench.Method):
+        self.method, self.name, self.predictions = method, method.name, []
+        self.returns_probabilities = method.returns_probabilities
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.method(x)
+        self.predictions.append(out.argmax(1))
+        return out
+
+    def reset(self) -> None:
+        self.method.reset()
+
+
+def official_method(name: str, model: torch.nn.Module, official) -> tuple[torch.nn.Module, bool]:
+    """The official set-up of cifar10c.py for `name`, and whether it has reset()."""
+    if name == "source":
+        return model.eval(), False
+    if name == "norm":
+        return official["norm"].Norm(model), True
+    model = official["tent"].configure_model(model)
+    params, _ = official["tent"].collect_params(model)
+    optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)  # cfgs/tent.yaml
+    return official["tent"].Tent(model, optimizer, steps=1, episodic=False), True
+
+
+def run_official(name, official, bench, stream, args) -> torch.Tensor:
+    """Predicted classes of the official implementation over the stream."""
+    model, has_reset = official_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root), official)
+    preds = []
+    for segment in stream.segments:
+        images = load_segment(bench, stream, segment, torch.device("cpu")).images
+        if segment.reset and has_reset:
+            model.reset()
+        for start in range(0, len(segment), args.batch_size):
+            with torch.no_grad() if name == "source" else torch.enable_grad():
+                preds.append(model(as_float(images[start : start + args.batch_size])).argmax(1))
+    return torch.cat(preds)
+
+
+def main() -> None:
+    """Compare the three methods and print agreement and error differences."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", required=True, help="checkout of github.com/DequanWang/tent")
+    parser.add_argument("--setting", default="continual")
+    parser.add_argument("--n-examples", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--model-dir", default="models")
+    args = parser.parse_args()
+    sys.path.insert(0, args.official)
+    official = {m: importlib.import_module(m) for m in ("tent", "norm")}
+    bench = open_benchmark("digits_c", args.data_root)
+    spec = StreamSpec(args.setting, BENCHMARK_CORRUPTIONS, (5,), args.n_examples, seed=1, shuffle=args.shuffle)
+    stream = build_stream(spec, bench.labels, 10)
+    labels = torch.from_numpy(np.concatenate([bench.labels[s.rows] for s in stream.segments]))
+    domains = np.concatenate([s.domain_ids for s in stream.segments])
+    print(f"{args.setting}, shuffle={args.shuffle}, {args.n_examples} images/domain, batch {args.batch_size}")
+    for name in ("source", "norm", "tent"):
+        torch.manual_seed(1)
+        ours = Recorder(tta_bench.create_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root)))
+        adapt_stream(ours, bench, stream, args.batch_size, 10, torch.device("cpu"), progress=False)
+        mine, theirs = torch.cat(ours.predictions), run_official(name, official, bench, stream, args)
+        agree = (mine == theirs).float().mean().item()
+        err = lambda p, d: (p[domains == d] != labels[domains == d]).float().mean().item()  # noqa: E731
+        diffs = [abs(err(mine, d) - err(theirs, d)) for d in range(len(stream.domains))]
+        mean_ours = np.mean([err(mine, d) for d in range(len(stream.domains))])
+        mean_off = np.mean([err(theirs, d) for d in range(len(stream.domains))])
+        print(f"{name:<7} agreement {100 * agree:7.3f}%   mean error ours {100 * mean_ours:5.2f} "
+              f"official {100 * mean_off:5.2f}   max per-domain difference {100 * max(diffs):.2f} points")
+
+
+if __name__ == "__main__":
+    main()
