@@ -14,10 +14,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tta_bench.data.datasets import Benchmark, DatasetInfo, dataset_info, open_benchmark
-from tta_bench.data.streams import Stream, StreamSpec, build_stream, parse_setting
+from tta_bench.data.streams import (
+    Segment,
+    Stream,
+    StreamSpec,
+    build_stream,
+    parse_setting,
+)
 from tta_bench.errors import ConfigError, DataNotFoundError
 from tta_bench.methods import method_class
-from tta_bench.methods.base import Method
+from tta_bench.methods.base import Hparams, Method
 from tta_bench.methods.preparation import SourceData, prepare_method
 from tta_bench.models import create_model, weights_fingerprint
 from tta_bench.records import cost_rows, curve_rows, metric_rows
@@ -72,9 +78,10 @@ class Experiment:
     bench: Benchmark
     stream: Stream
     device: torch.device
+    batch_size: int
 
 
-def resolve(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
+def resolve(cfg: DictConfig) -> tuple[dict[str, Any], Hparams]:
     """Resolved config with the method's effective hyperparameters filled in, and those hparams."""
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     dataset_info(cfg.data.name)
@@ -87,21 +94,32 @@ def resolve(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     return config, hparams
 
 
-def _clean_test(bench: Benchmark, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    try:
-        images, labels = bench.load_clean("test")
-    except DataNotFoundError as exc:
-        print(f"note: no clean-split forgetting for {bench.info.name}: {exc}")
-        return None
-    return to_device_images(images, device), torch.from_numpy(labels).to(device)
+def open_experiment(cfg: DictConfig) -> tuple[Experiment, Hparams]:
+    """Validate the config (cheap checks first), then open the data and build the stream."""
+    config, hparams = resolve(cfg)
+    device = resolve_device(cfg.device)
+    run_id = run_id_of(config)
+    info = dataset_info(cfg.data.name)
+    bench = open_benchmark(info.name, Path(cfg.data_root), tuple(cfg.data.corruptions), bool(cfg.progress))
+    stream = build_stream(stream_spec(cfg.data, int(cfg.seed)), bench.labels, info.num_classes)
+    exp = Experiment(config, run_id, run_dir_of(cfg.results_dir, run_id), info, bench, stream, device,
+                     int(cfg.data.batch_size))
+    return exp, hparams
 
 
-def _first_domain(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
-    segment = next(s for s in exp.stream.segments if (s.domain_ids == 0).any())
-    keep = segment.domain_ids == 0
-    sub = type(segment)(segment.domain_ids[keep], segment.rows[keep])
-    data = load_segment(exp.bench, exp.stream, sub, exp.device)
+def _load(exp: Experiment, segment: Segment, keep: np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Device images and labels of part of a segment."""
+    data = load_segment(exp.bench, exp.stream, Segment(segment.domain_ids[keep], segment.rows[keep]), exp.device)
     return data.images, data.labels
+
+
+def _clean_test(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
+    try:
+        images, labels = exp.bench.load_clean("test")
+    except DataNotFoundError as exc:
+        print(f"note: no clean-split forgetting for {exp.info.name}: {exc}")
+        return None
+    return to_device_images(images, exp.device), torch.from_numpy(labels).to(exp.device)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -110,55 +128,58 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_experiment(cfg: DictConfig) -> Path:
-    """Run one configured experiment end to end and return its run-record folder."""
-    config, hparams = resolve(cfg)
-    device = resolve_device(cfg.device)
-    run_id = run_id_of(config)
-    run_dir = run_dir_of(cfg.results_dir, run_id)
-    info = dataset_info(cfg.data.name)
-    seed_everything(int(cfg.seed))
-    bench = open_benchmark(info.name, Path(cfg.data_root), tuple(cfg.data.corruptions), bool(cfg.progress))
-    stream = build_stream(stream_spec(cfg.data, int(cfg.seed)), bench.labels, info.num_classes)
-    exp = Experiment(config, run_id, run_dir, info, bench, stream, device)
-    start_record(run_dir)
-    model = create_model(cfg.model.name, cfg.model_dir, cfg.data_root, bool(cfg.progress)).to(device)
-    weights = weights_fingerprint(model)
-    batch_size = int(cfg.data.batch_size)
-    first_batch = as_float(load_segment(bench, stream, stream.segments[0], device).images[:batch_size])
-    plain_seconds = plain_forward_seconds(model, first_batch)
+def _set_up_method(exp: Experiment, cfg: DictConfig, model: torch.nn.Module, hparams: Hparams,
+                   weights: str) -> Method:
+    """Wrap the model in the method and run its cached preparation step when it has one."""
     method = method_class(cfg.method.name)(model, hparams)
     if method.needs_source:
-        images, labels = bench.load_clean("train")
-        prepare_method(method, SourceData(images, labels, f"{info.name}/train"),
+        images, labels = exp.bench.load_clean("train")
+        prepare_method(method, SourceData(images, labels, f"{exp.info.name}/train"),
                        Path(cfg.model_dir) / "preparation", weights, bool(cfg.progress))
-    clean = _clean_test(bench, device) if cfg.forgetting else None
-    clean_before = frozen_error(method, *clean, batch_size) if clean else None
+    return method
+
+
+def run_experiment(cfg: DictConfig) -> Path:
+    """Run one configured experiment end to end and return its run-record folder."""
+    exp, hparams = open_experiment(cfg)
+    start_record(exp.run_dir)
     seed_everything(int(cfg.seed))
-    result = adapt_stream(method, bench, stream, batch_size, info.num_classes, device, bool(cfg.progress))
-    forgetting = _forgetting(exp, method, result, clean, clean_before, batch_size) if cfg.forgetting else {}
+    model = create_model(cfg.model.name, cfg.model_dir, cfg.data_root, bool(cfg.progress)).to(exp.device)
+    weights = weights_fingerprint(model)
+    first_images, _ = _load(exp, exp.stream.segments[0], slice(0, exp.batch_size))
+    plain_seconds = plain_forward_seconds(model, as_float(first_images))  # before the method changes the model
+    method = _set_up_method(exp, cfg, model, hparams, weights)
+    clean = _clean_test(exp) if cfg.forgetting else None
+    clean_before = frozen_error(method, *clean, exp.batch_size) if clean else None
+    seed_everything(int(cfg.seed))
+    result = adapt_stream(method, exp.bench, exp.stream, exp.batch_size, exp.info.num_classes, exp.device,
+                          bool(cfg.progress))
+    forgetting = _forgetting(exp, method, result, clean, clean_before) if cfg.forgetting else {}
     ids = _id_columns(exp, weights)
     tables = {
-        "metrics": metric_rows(ids, stream, result.per_domain, forgetting, "label_shift" in parse_setting(cfg.data.setting)),
-        "cost": cost_rows(ids, result, plain_seconds, batch_size, _peak_memory_mb(device)),
+        "metrics": metric_rows(ids, exp.stream, result.per_domain, forgetting,
+                               "label_shift" in parse_setting(cfg.data.setting)),
+        "cost": cost_rows(ids, result, plain_seconds, exp.batch_size, _peak_memory_mb(exp.device)),
         "curve": curve_rows(ids, result),
     }
-    write_record(run_dir, tables, OmegaConf.to_yaml(OmegaConf.create(config)))
-    print(f"\n{method.name} on {info.name} {cfg.data.setting} (run {run_id}, {run_dir})")
+    write_record(exp.run_dir, tables, OmegaConf.to_yaml(OmegaConf.create(exp.config)))
+    print(f"\n{method.name} on {exp.info.name} {cfg.data.setting} (run {exp.run_id}, {exp.run_dir})")
     print(render_text(domain_table(tables["metrics"])))
     print(run_summary(tables["metrics"], tables["cost"]))
-    return run_dir
+    return exp.run_dir
 
 
-def _forgetting(exp: Experiment, method: Method, result: StreamResult, clean: Any, clean_before: float | None,
-                batch_size: int) -> dict[str, float]:
+def _forgetting(exp: Experiment, method: Method, result: StreamResult, clean: Any,
+                clean_before: float | None) -> dict[str, float]:
     """Frozen post-stream errors on the clean test split and the first domain, and the differences."""
     out: dict[str, float] = {}
     if clean is not None:
         out["clean_error_before"] = clean_before
-        out["clean_error_after"] = frozen_error(method, *clean, batch_size)
+        out["clean_error_after"] = frozen_error(method, *clean, exp.batch_size)
         out["forgetting_clean"] = out["clean_error_after"] - clean_before
-    out["first_domain_error_after"] = frozen_error(method, *_first_domain(exp), batch_size)
+    segment = next(s for s in exp.stream.segments if (s.domain_ids == 0).any())
+    first = _load(exp, segment, segment.domain_ids == 0)
+    out["first_domain_error_after"] = frozen_error(method, *first, exp.batch_size)
     out["forgetting_first_domain"] = out["first_domain_error_after"] - float(result.per_domain["error"][0])
     return out
 

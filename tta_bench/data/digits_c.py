@@ -21,7 +21,7 @@ from tta_bench.data.cifar_c import write_corruption_files
 from tta_bench.data.domains import ALL_CORRUPTIONS, SEVERITIES
 from tta_bench.progress import progress_bar
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 1  # bump when generation or source-model training changes (invalidates caches)
 GENERATION_SEED = 2024
 N_TEST = 2000
 N_TRAIN = 8000
@@ -129,15 +129,13 @@ def ensure_digits_c(data_root: Path, progress: bool = True) -> Path:
     write_corruption_files(tmp / CORRUPTED_DIR, arrays, splits["test_labels"])
     meta = {"version": GENERATOR_VERSION, "seed": GENERATION_SEED, "n_test": N_TEST, "n_train": N_TRAIN}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    # The folder appears complete or not at all; a concurrent generator that won the race wins.
-    if folder.exists():
-        shutil.rmtree(folder)
-    try:
-        os.replace(tmp, folder)
-    except OSError:
+    # The folder appears complete or not at all. If a concurrent job finished first, keep its
+    # copy (it may be reading it) and drop ours; only a stale older version is replaced.
+    if _is_complete(folder):
         shutil.rmtree(tmp, ignore_errors=True)
-        if not _is_complete(folder):
-            raise
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
     return folder
 
 
