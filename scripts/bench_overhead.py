@@ -21,7 +21,7 @@ from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
 from tta_bench.data.streams import StreamSpec, build_stream
 from tta_bench.experiment import resolve_device
 from tta_bench.methods.losses import softmax_entropy
-from tta_bench.runner import adapt_stream, as_float, load_segment, synchronize
+from tta_bench.runner import adapt_stream, as_float, open_segment, synchronize
 
 BATCH = 200
 
@@ -57,7 +57,7 @@ def main() -> None:
     device = resolve_device(args.device)
     bench = open_benchmark("digits_c", args.data_root, BENCHMARK_CORRUPTIONS)
     stream = build_stream(StreamSpec("continual", BENCHMARK_CORRUPTIONS, (5,), 2000, seed=1), bench.labels, 10)
-    segments = [load_segment(bench, stream, s, device).images for s in stream.segments]
+    segments = [torch.cat(list(open_segment(bench, stream, s, BATCH, device).batches)) for s in stream.segments]
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{stream.n_samples} images, batch {BATCH}, {args.rounds} rounds")
     for name in ("source", "tent"):

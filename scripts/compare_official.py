@@ -20,7 +20,7 @@ import tta_bench
 from tta_bench.data.datasets import open_benchmark
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
 from tta_bench.data.streams import StreamSpec, build_stream
-from tta_bench.runner import adapt_stream, as_float, load_segment
+from tta_bench.runner import adapt_stream, as_float, open_segment
 
 
 class Recorder:
@@ -56,12 +56,11 @@ def run_official(name, official, bench, stream, args) -> torch.Tensor:
     model, has_reset = official_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root), official)
     preds = []
     for segment in stream.segments:
-        images = load_segment(bench, stream, segment, torch.device("cpu")).images
         if segment.reset and has_reset:
             model.reset()
-        for start in range(0, len(segment), args.batch_size):
+        for images in open_segment(bench, stream, segment, args.batch_size, torch.device("cpu")).batches:
             with torch.no_grad() if name == "source" else torch.enable_grad():
-                preds.append(model(as_float(images[start : start + args.batch_size])).argmax(1))
+                preds.append(model(as_float(images)).argmax(1))
     return torch.cat(preds)
 
 

@@ -7,7 +7,7 @@ import random
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,15 +28,8 @@ from tta_bench.methods.preparation import SourceData, prepare_method
 from tta_bench.models import create_model, weights_fingerprint
 from tta_bench.records import cost_rows, curve_rows, metric_rows
 from tta_bench.results import run_dir_of, run_id_of, start_record, write_record
-from tta_bench.runner import (
-    StreamResult,
-    adapt_stream,
-    as_float,
-    frozen_error,
-    load_segment,
-    plain_forward_seconds,
-    to_device_images,
-)
+from tta_bench.runner import (DeviceSegment, StreamResult, adapt_stream, as_float, frozen_error,
+                              labelled_batches, open_segment, plain_forward_seconds, to_device_images)
 from tta_bench.tables import domain_table, render_text, run_summary
 
 
@@ -100,17 +93,18 @@ def open_experiment(cfg: DictConfig) -> tuple[Experiment, Hparams]:
     device = resolve_device(cfg.device)
     run_id = run_id_of(config)
     info = dataset_info(cfg.data.name)
-    bench = open_benchmark(info.name, Path(cfg.data_root), tuple(cfg.data.corruptions), bool(cfg.progress))
+    bench = open_benchmark(info.name, Path(cfg.data_root), tuple(cfg.data.corruptions), bool(cfg.progress),
+                           int(cfg.data.n_examples), cfg.data.get("image_list"), int(cfg.data.get("loader_workers", 4)))
     stream = build_stream(stream_spec(cfg.data, int(cfg.seed)), bench.labels, info.num_classes)
     exp = Experiment(config, run_id, run_dir_of(cfg.results_dir, run_id), info, bench, stream, device,
                      int(cfg.data.batch_size))
     return exp, hparams
 
 
-def _load(exp: Experiment, segment: Segment, keep: np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """Device images and labels of part of a segment."""
-    data = load_segment(exp.bench, exp.stream, Segment(segment.domain_ids[keep], segment.rows[keep]), exp.device)
-    return data.images, data.labels
+def _open(exp: Experiment, segment: Segment, keep: np.ndarray | slice) -> DeviceSegment:
+    """Part of a segment, on the device."""
+    part = Segment(segment.domain_ids[keep], segment.rows[keep])
+    return open_segment(exp.bench, exp.stream, part, exp.batch_size, exp.device)
 
 
 def _clean_test(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -120,6 +114,11 @@ def _clean_test(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
         print(f"note: no clean-split forgetting for {exp.info.name}: {exc}")
         return None
     return to_device_images(images, exp.device), torch.from_numpy(labels).to(exp.device)
+
+
+def _tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size], labels[start : start + batch_size]
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -146,11 +145,11 @@ def run_experiment(cfg: DictConfig) -> Path:
     seed_everything(int(cfg.seed))
     model = create_model(cfg.model.name, cfg.model_dir, cfg.data_root, bool(cfg.progress)).to(exp.device)
     weights = weights_fingerprint(model)
-    first_images, _ = _load(exp, exp.stream.segments[0], slice(0, exp.batch_size))
-    plain_seconds = plain_forward_seconds(model, as_float(first_images))  # before the method changes the model
+    first_batch = next(_open(exp, exp.stream.segments[0], slice(0, exp.batch_size)).batches)
+    plain_seconds = plain_forward_seconds(model, as_float(first_batch))  # before the method changes the model
     method = _set_up_method(exp, cfg, model, hparams, weights)
     clean = _clean_test(exp) if cfg.forgetting else None
-    clean_before = frozen_error(method, *clean, exp.batch_size) if clean else None
+    clean_before = frozen_error(method, _tensor_batches(*clean, exp.batch_size)) if clean else None
     seed_everything(int(cfg.seed))
     result = adapt_stream(method, exp.bench, exp.stream, exp.batch_size, exp.info.num_classes, exp.device,
                           bool(cfg.progress))
@@ -175,11 +174,11 @@ def _forgetting(exp: Experiment, method: Method, result: StreamResult, clean: An
     out: dict[str, float] = {}
     if clean is not None:
         out["clean_error_before"] = clean_before
-        out["clean_error_after"] = frozen_error(method, *clean, exp.batch_size)
+        out["clean_error_after"] = frozen_error(method, _tensor_batches(*clean, exp.batch_size))
         out["forgetting_clean"] = out["clean_error_after"] - clean_before
     segment = next(s for s in exp.stream.segments if (s.domain_ids == 0).any())
-    first = _load(exp, segment, segment.domain_ids == 0)
-    out["first_domain_error_after"] = frozen_error(method, *first, exp.batch_size)
+    first_domain = labelled_batches(_open(exp, segment, segment.domain_ids == 0))
+    out["first_domain_error_after"] = frozen_error(method, first_domain)
     out["forgetting_first_domain"] = out["first_domain_error_after"] - float(result.per_domain["error"][0])
     return out
 

@@ -1,6 +1,7 @@
 """The adaptation loop: stream batches through a method on the device and accumulate metrics.
 
-Data of a segment is uploaded once as uint8 and converted per batch on the device. The per-batch
+Data of a segment is uploaded once as uint8 (in-memory data sets) or streamed batch by batch from
+JPEG-decoding worker processes (ImageNet-C), and converted per batch on the device. The per-batch
 path has no host synchronisation: predictions, errors and metric sums stay on the device and are
 read once per segment (one domain, or the whole stream when domains are mixed).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -22,11 +24,11 @@ from tta_bench.progress import progress_bar
 
 @dataclass
 class DeviceSegment:
-    """One segment's images (NCHW uint8), labels and domain ids on the device."""
+    """One segment on the device: labels, domain ids, and its uint8 NCHW image batches in order."""
 
-    images: torch.Tensor
     labels: torch.Tensor
     domain_ids: torch.Tensor
+    batches: Iterator[torch.Tensor]
 
 
 @dataclass
@@ -50,8 +52,8 @@ def as_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(255.0)
 
 
-def load_segment(bench: Benchmark, stream: Stream, segment: Segment, device: torch.device) -> DeviceSegment:
-    """Read every domain of `segment` from disk in stream order and upload it."""
+def _host_images(bench: Benchmark, stream: Stream, segment: Segment) -> np.ndarray:
+    """Images of every domain of `segment`, read from disk in stream order."""
     images = None
     for d in np.unique(segment.domain_ids):
         pos = np.flatnonzero(segment.domain_ids == d)
@@ -60,8 +62,28 @@ def load_segment(bench: Benchmark, stream: Stream, segment: Segment, device: tor
         if images is None:
             images = np.empty((len(segment),) + block.shape[1:], dtype=np.uint8)
         images[pos] = block
+    return images
+
+
+def open_segment(bench: Benchmark, stream: Stream, segment: Segment, batch_size: int,
+                 device: torch.device) -> DeviceSegment:
+    """Upload an in-memory segment at once, or start streaming a JPEG-folder segment."""
     labels = torch.from_numpy(bench.labels[segment.rows]).to(device)
-    return DeviceSegment(to_device_images(images, device), labels, torch.from_numpy(segment.domain_ids).to(device))
+    domain_ids = torch.from_numpy(segment.domain_ids).to(device)
+    if bench.streams_from_disk:
+        items = [(stream.domains[d].corruption, stream.domains[d].severity, int(r))
+                 for d, r in zip(segment.domain_ids, segment.rows)]
+        return DeviceSegment(labels, domain_ids, bench.stream_batches(items, batch_size, device))
+    images = to_device_images(_host_images(bench, stream, segment), device)
+    return DeviceSegment(labels, domain_ids, (images[s : s + batch_size] for s in range(0, len(segment), batch_size)))
+
+
+def labelled_batches(data: DeviceSegment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batch pairs of a segment."""
+    start = 0
+    for images in data.batches:
+        yield images, data.labels[start : start + len(images)]
+        start += len(images)
 
 
 def synchronize(device: torch.device) -> None:
@@ -80,19 +102,19 @@ def adapt_stream(method: Method, bench: Benchmark, stream: Stream, batch_size: i
     adapt_seconds, b = 0.0, 0
     bar = progress_bar(progress, total=stream.n_samples, desc=method.name, unit="img")
     for segment in stream.segments:
-        data = load_segment(bench, stream, segment, device)
+        data = open_segment(bench, stream, segment, batch_size, device)
         if segment.reset:
             method.reset()
         synchronize(device)
         start_time = time.perf_counter()
-        for start in range(0, len(segment), batch_size):
-            stop = min(start + batch_size, len(segment))
-            outputs = method(as_float(data.images[start:stop]))
-            batch_errors[b] = metrics.update(outputs, data.labels[start:stop], data.domain_ids[start:stop],
-                                             method.returns_probabilities)
+        start = 0
+        for images, labels in labelled_batches(data):
+            stop = start + len(images)
+            outputs = method(as_float(images))
+            batch_errors[b] = metrics.update(outputs, labels, data.domain_ids[start:stop], method.returns_probabilities)
             sizes[b], first_domain[b] = stop - start, segment.domain_ids[start]
-            b += 1
             bar.update(stop - start)
+            b, start = b + 1, stop
         synchronize(device)
         adapt_seconds += time.perf_counter() - start_time
         summary = metrics.compute()  # the one host sync of this segment
@@ -102,13 +124,14 @@ def adapt_stream(method: Method, bench: Benchmark, stream: Stream, batch_size: i
     return StreamResult(metrics.compute(), batch_errors.cpu().numpy(), sizes, first_domain, adapt_seconds)
 
 
-def frozen_error(method: Method, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    """Error of the method's current state on device data, without any update."""
-    errors = torch.zeros((), dtype=torch.float64, device=images.device)
-    for start in range(0, len(images), batch_size):
-        pred = method.predict(as_float(images[start : start + batch_size])).argmax(1)
-        errors += pred.ne(labels[start : start + batch_size]).sum()
-    return float(errors) / len(images)
+def frozen_error(method: Method, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Error of the method's current state over (uint8 images, labels) batches, without any update."""
+    errors, n = None, 0
+    for images, labels in batches:
+        wrong = method.predict(as_float(images)).argmax(1).ne(labels).sum()
+        errors = wrong if errors is None else errors + wrong
+        n += len(labels)
+    return float(errors) / n
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ class DatasetInfo:
     num_classes: int
     family: Family
     download: Download | None = None
+    layout: Literal["cifar_c", "imagenet_c"] = "cifar_c"  # .npy arrays, or JPEG folders
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -40,6 +41,8 @@ DATASETS: dict[str, DatasetInfo] = {
         Download("CIFAR-100-C.tar", "https://zenodo.org/records/3555552",
                  "30ee6543a1bfd049fa33834b7c1ada301e7064b7fbe8fc38340eb8b62ced4b33"),
     ),
+    # Archives per corruption group are named by the reader's error messages.
+    "imagenet_c": DatasetInfo("imagenet_c", "ImageNet-C", 1000, "imagenet", layout="imagenet_c"),
 }
 
 
@@ -53,14 +56,34 @@ def dataset_info(name: str) -> DatasetInfo:
 class Benchmark:
     """An opened corruption benchmark: labels, domain images and (where present) clean splits."""
 
-    def __init__(self, info: DatasetInfo, data_root: Path, corruptions: tuple[str, ...], progress: bool = True):
+    def __init__(self, info: DatasetInfo, data_root: Path, corruptions: tuple[str, ...], progress: bool = True,
+                 all_images: bool = False, image_list: str | None = None, loader_workers: int = 4):
         self.info = info
         self.data_root = Path(data_root)
+        self.loader_workers = loader_workers
         if info.name == "digits_c":
             from tta_bench.data.digits_c import ensure_digits_c
 
             ensure_digits_c(self.data_root, progress=progress)
-        self.files = CorruptionFiles(self.data_root / info.folder, corruptions, info.download)
+        if info.layout == "imagenet_c":
+            from tta_bench.data.imagenet_c import ImageNetCFiles
+
+            list_file = Path(image_list) if image_list else None
+            self.files = ImageNetCFiles(self.data_root / info.folder, corruptions, list_file, all_images)
+        else:
+            self.files = CorruptionFiles(self.data_root / info.folder, corruptions, info.download)
+
+    @property
+    def streams_from_disk(self) -> bool:
+        """JPEG domains are decoded batch by batch instead of being uploaded whole."""
+        return self.info.layout == "imagenet_c"
+
+    def stream_batches(self, items: list[tuple[str, int, int]], batch_size: int,
+                       device: torch.device) -> Iterator[torch.Tensor]:
+        """uint8 NCHW device batches of (corruption, severity, row) items, decoded by worker processes."""
+        from tta_bench.data.imagenet_c import stream_batches
+
+        return stream_batches(self.files, items, batch_size, device, workers=self.loader_workers)
 
     @property
     def labels(self) -> np.ndarray:
@@ -81,12 +104,15 @@ class Benchmark:
 
 
 def open_benchmark(name: str, data_root: Path, corruptions: tuple[str, ...] = ALL_CORRUPTIONS,
-                   progress: bool = True) -> Benchmark:
+                   progress: bool = True, n_examples: int | None = None, image_list: str | None = None,
+                   loader_workers: int = 4) -> Benchmark:
     """Open data set `name` under `data_root`, generating the embedded one on first use."""
     unknown = sorted(set(corruptions) - set(ALL_CORRUPTIONS))
     if unknown:
         raise ConfigError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
-    return Benchmark(dataset_info(name), data_root, tuple(corruptions), progress)
+    all_images = n_examples is not None and n_examples < 0
+    return Benchmark(dataset_info(name), data_root, tuple(corruptions), progress, all_images, image_list,
+                     loader_workers)
 
 
 def load_domain(dataset: str, corruption: str, severity: int, n_examples: int | None = None,

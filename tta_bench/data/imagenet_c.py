@@ -1,0 +1,312 @@
+"""Reader for the ImageNet-C folder of JPEGs, with a streaming loader that decodes in worker processes.
+
+Layout (Hendrycks & Dietterich, Zenodo record 2235448):
+`<folder>/<corruption>/<severity 1-5>/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG`, already 224x224
+(no resize here; the reader does not assume a size). A row is one base test image
+`wnid/ILSVRC2012_val_XXXXXXXX.JPEG`; the rows are RobustBench's 5,000-image list by default or
+every file of a domain folder (all 50,000). Class index = position of the wnid in the sorted
+wnid folders. A domain is only checked when first used, so opening the benchmark stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+
+from tta_bench.data.domains import SEVERITIES
+from tta_bench.errors import ConfigError, DataNotFoundError
+
+ZENODO_URL = "https://zenodo.org/records/2235448"
+ARCHIVES: dict[str, tuple[str, ...]] = {
+    "noise.tar": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur.tar": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather.tar": ("snow", "frost", "fog", "brightness"),
+    "digital.tar": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+    "extra.tar": ("speckle_noise", "gaussian_blur", "spatter", "saturate"),
+}
+ARCHIVE_OF: dict[str, str] = {c: a for a, cs in ARCHIVES.items() for c in cs}
+LIST_IN_PACKAGE = Path("helper_files") / "imagenet_test_image_ids.txt"
+MAX_LISTED = 6  # paths named in a message before "... and N more"
+
+
+def _archive_hint(corruptions: Sequence[str], folder: Path) -> list[str]:
+    archives = sorted({ARCHIVE_OF.get(c, "?") for c in corruptions} - {"?"})
+    if not archives:
+        return []
+    return [f"download {', '.join(archives)} from {ZENODO_URL}",
+            f"and unpack so that {folder}/<corruption>/<severity>/<wnid>/*.JPEG exist"]
+
+
+def _missing_message(paths: Sequence[Path], folder: Path, corruptions: Sequence[str]) -> str:
+    lines = ["missing ImageNet-C files:"] + [f"  {p}" for p in paths[:MAX_LISTED]]
+    if len(paths) > MAX_LISTED:
+        lines.append(f"  ... and {len(paths) - MAX_LISTED} more")
+    return "\n".join(lines + _archive_hint(corruptions, folder))
+
+
+def _unreadable_message(path: Path, why: str, folder: Path) -> str:
+    corruption = path.relative_to(folder).parts[0] if path.is_relative_to(folder) else "?"
+    return "\n".join([f"{path} is not a readable JPEG ({why}); re-download it"]
+                     + _archive_hint([corruption], folder))
+
+
+def robustbench_list_file() -> Path:
+    """RobustBench's 5,000-image ImageNet list, found without importing robustbench."""
+    # Importing robustbench is slow and breaks on current setuptools (specs/data.md); the spec
+    # of a top-level package is found without executing it.
+    try:
+        spec = importlib.util.find_spec("robustbench")
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(location) / LIST_IN_PACKAGE
+        if candidate.is_file():
+            return candidate
+    where = "is not installed" if spec is None else f"has no {LIST_IN_PACKAGE}"
+    raise DataNotFoundError(
+        f"the default ImageNet-C subset is RobustBench's image list, but robustbench {where}; "
+        "`pip install robustbench` or pass the path of imagenet_test_image_ids.txt "
+        "(lines `wnid/ILSVRC2012_val_XXXXXXXX.JPEG`)"
+    )
+
+
+def read_list_file(path: Path) -> list[str]:
+    """Relative paths `wnid/file.JPEG` of a RobustBench-style list, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"ImageNet image list {path} does not exist")
+    relpaths = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    bad = [r for r in relpaths if len(r.split("/")) != 2]
+    if bad or not relpaths:
+        raise DataNotFoundError(f"{path}: expected lines `wnid/ILSVRC2012_val_XXXXXXXX.JPEG`, got {bad[:3] or 'none'}")
+    return relpaths
+
+
+def _list_domain(domain: Path) -> tuple[list[str], list[str]]:
+    """(sorted wnid folders, sorted relative paths of every file) of one domain folder."""
+    wnids = sorted(e.name for e in os.scandir(domain) if e.is_dir())
+    relpaths = [f"{w}/{name}" for w in wnids for name in sorted(os.listdir(domain / w))]
+    return wnids, relpaths
+
+
+def decode_jpeg(path: Path, folder: Path) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of one image file; unreadable files raise DataNotFoundError."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataNotFoundError(_unreadable_message(path, str(exc), folder)) from exc
+
+
+def _stack(paths: Sequence[Path], images: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack one batch, naming the first file whose size differs from the batch's first image."""
+    for p, img in zip(paths, images):
+        if img.shape != images[0].shape:
+            raise DataNotFoundError(
+                f"{p} has size {img.shape[1]}x{img.shape[0]} but {paths[0]} has "
+                f"{images[0].shape[1]}x{images[0].shape[0]}; ImageNet-C images all have one size "
+                "(a file from another data set?)"
+            )
+    return np.stack(images)
+
+
+class ImageNetCFiles:
+    """Index of an ImageNet-C folder for a fixed list of base test images (rows)."""
+
+    def __init__(self, folder: Path, corruptions: tuple[str, ...], list_file: Path | None = None,
+                 all_images: bool = False, num_classes: int | None = None):
+        self.folder = Path(folder)
+        self.corruptions = tuple(corruptions)
+        if not self.corruptions:
+            raise ConfigError("ImageNetCFiles needs at least one corruption")
+        wanted = [self.folder / c / str(s) for c in self.corruptions for s in SEVERITIES]
+        missing = [p for p in wanted if not p.is_dir()]
+        if missing:
+            raise DataNotFoundError(_missing_message(missing, self.folder, self.corruptions))
+        first = self.folder / self.corruptions[0] / str(SEVERITIES[0])
+        # Labels come from the wnid folders, not the list: RobustBench's list covers 997 classes.
+        self.wnids, listing = _list_domain(first)
+        if num_classes is not None and len(self.wnids) != num_classes:
+            raise DataNotFoundError(
+                f"{first} holds {len(self.wnids)} class folders, expected {num_classes} "
+                "(incompletely unpacked?); class indices would be wrong"
+            )
+        self.all_images = all_images
+        if all_images:
+            self.relpaths: list[str] = listing
+            self._checked = {(self.corruptions[0], SEVERITIES[0])}
+        else:
+            self.relpaths = read_list_file(list_file if list_file is not None else robustbench_list_file())
+            self._checked = set()
+        index = {w: i for i, w in enumerate(self.wnids)}
+        unknown = sorted({r.split("/")[0] for r in self.relpaths} - index.keys())
+        if unknown:
+            raise DataNotFoundError(_missing_message([first / w for w in unknown], self.folder, self.corruptions))
+        self.labels: np.ndarray = np.array([index[r.split("/")[0]] for r in self.relpaths], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def domain_folder(self, corruption: str, severity: int) -> Path:
+        """Folder of one (corruption, severity) domain."""
+        if severity not in SEVERITIES:
+            raise DataNotFoundError(f"severity must be one of {SEVERITIES}, got {severity}")
+        return self.folder / corruption / str(severity)
+
+    def path(self, corruption: str, severity: int, row: int) -> Path:
+        """File of base image `row` in one domain."""
+        return self.domain_folder(corruption, severity) / self.relpaths[row]
+
+    def check_domain(self, corruption: str, severity: int) -> None:
+        """Raise DataNotFoundError unless the domain holds every row's file (checked once per domain)."""
+        if (corruption, severity) in self._checked:
+            return
+        domain = self.domain_folder(corruption, severity)
+        if not domain.is_dir():
+            raise DataNotFoundError(_missing_message([domain], self.folder, [corruption]))
+        if self.all_images:
+            # All-images rows were listed from the first domain; every domain must list the same.
+            found = set(_list_domain(domain)[1])
+            missing = [domain / r for r in self.relpaths if r not in found]
+            extra = sorted(found.difference(self.relpaths))
+            if extra and not missing:
+                first = self.folder / self.corruptions[0] / str(SEVERITIES[0])
+                raise DataNotFoundError(
+                    f"{domain} holds files that {first} lacks, e.g. {extra[:3]}; "
+                    f"{first} looks incomplete\n" + "\n".join(_archive_hint([self.corruptions[0]], self.folder))
+                )
+        else:
+            missing = [domain / r for r in self.relpaths if not (domain / r).is_file()]
+        if missing:
+            raise DataNotFoundError(_missing_message(missing, self.folder, [corruption]))
+        self._checked.add((corruption, severity))
+
+    def load(self, corruption: str, severity: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Images (n, H, W, 3) uint8 of one domain in `rows` order, decoded here (small sets only)."""
+        self.check_domain(corruption, severity)
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+        paths = [self.path(corruption, severity, int(r)) for r in rows]
+        if not paths:
+            raise DataNotFoundError(f"no rows requested from {corruption}@{severity}")
+        return _stack(paths, [decode_jpeg(p, self.folder) for p in paths])
+
+
+@dataclass(frozen=True)
+class StreamItems:
+    """Stream positions as arrays: a table of (corruption, severity) domains, and per position its domain and row."""
+
+    domains: tuple[tuple[str, int], ...]
+    domain_ids: np.ndarray
+    rows: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.domain_ids) != len(self.rows):
+            raise ValueError(f"{len(self.domain_ids)} domain ids but {len(self.rows)} rows")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def from_tuples(cls, items: Sequence[tuple[str, int, int]]) -> StreamItems:
+        """Convert (corruption, severity, row) tuples."""
+        table: dict[tuple[str, int], int] = {}
+        ids = [table.setdefault((c, int(s)), len(table)) for c, s, _ in items]
+        rows = [int(r) for _, _, r in items]
+        return cls(tuple(table), np.asarray(ids, dtype=np.int64), np.asarray(rows, dtype=np.int64))
+
+
+class _FailedBatch:
+    """A batch that could not be decoded; carried back from a worker so the main process raises a clean error."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class _JpegDataset(Dataset):
+    """Map-style dataset over stream positions; only paths and indices are sent to the workers."""
+
+    def __init__(self, files: ImageNetCFiles, items: StreamItems):
+        self.folder = files.folder
+        self.relpaths = files.relpaths
+        self.domains = items.domains
+        self.domain_ids = items.domain_ids
+        self.rows = items.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[Path, np.ndarray | str]:
+        corruption, severity = self.domains[self.domain_ids[i]]
+        path = self.folder / corruption / str(severity) / self.relpaths[self.rows[i]]
+        try:
+            return path, decode_jpeg(path, self.folder)
+        except DataNotFoundError as exc:
+            return path, str(exc)
+
+
+def _collate(samples: list[tuple[Path, np.ndarray | str]]) -> torch.Tensor | _FailedBatch:
+    """Decoded samples -> contiguous uint8 NCHW tensor, or the failure to report."""
+    # Errors travel as values: DataLoader would re-raise them wrapped in a worker traceback.
+    for _, img in samples:
+        if isinstance(img, str):
+            return _FailedBatch(img)
+    try:
+        batch = _stack([p for p, _ in samples], [img for _, img in samples])
+    except DataNotFoundError as exc:
+        return _FailedBatch(str(exc))
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
+class _CheckingBatchSampler(BatchSampler):
+    """Consecutive batches in item order that check each domain's files when it is first reached."""
+
+    def __init__(self, files: ImageNetCFiles, items: StreamItems, batch_size: int):
+        super().__init__(SequentialSampler(range(len(items))), batch_size, drop_last=False)
+        self.files, self.items = files, items
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Runs in the main process, a few batches ahead of the model: the check stays lazy.
+        for batch in super().__iter__():
+            for d in np.unique(self.items.domain_ids[batch]):
+                self.files.check_domain(*self.items.domains[d])
+            yield batch
+
+
+def _to_device(batch: torch.Tensor | _FailedBatch, device: torch.device) -> torch.Tensor:
+    if isinstance(batch, _FailedBatch):
+        raise DataNotFoundError(batch.message)
+    return batch.to(device, non_blocking=True)
+
+
+def stream_batches(files: ImageNetCFiles, items: Sequence[tuple[str, int, int]] | StreamItems, batch_size: int,
+                   device: torch.device, workers: int = 4, prefetch: int = 2) -> Iterator[torch.Tensor]:
+    """Uint8 NCHW batches of `items` on `device`, in item order, decoded by `workers` processes."""
+    items = items if isinstance(items, StreamItems) else StreamItems.from_tuples(items)
+    if len(items) == 0:
+        return
+    device = torch.device(device)
+    loader = DataLoader(
+        _JpegDataset(files, items),
+        batch_sampler=_CheckingBatchSampler(files, items, batch_size),
+        collate_fn=_collate,
+        num_workers=workers,
+        # Batches queued per worker (DataLoader's meaning), so workers*prefetch are decoded ahead.
+        prefetch_factor=max(1, prefetch) if workers > 0 else None,
+        pin_memory=device.type == "cuda",
+    )
+    # One batch ahead on the device: its copy is queued while the caller works on the current one.
+    ahead: torch.Tensor | None = None
+    for host_batch in loader:
+        current, ahead = ahead, _to_device(host_batch, device)
+        if current is not None:
+            yield current
+    if ahead is not None:
+        yield ahead
