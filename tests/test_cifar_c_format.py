@@ -48,3 +48,43 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     (folder / "snow.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(DataNotFoundError, match="not a readable"):
         files.load("snow", 1)
+
+
+def _write_cifar_batch(path, images, labels, key=b"labels"):
+    import pickle
+
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": b"x", key: labels.tolist(), b"data": data, b"filenames": []}, f, protocol=2)
+
+
+def test_clean_cifar_batches_in_torchvision_layout(tmp_path):
+    from tta_bench.data.cifar_clean import load_cifar_clean
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    _write_cifar_batch(folder / "test_batch", images, np.array([3, 1, 4, 1]))
+    x, y = load_cifar_clean("cifar10_c", tmp_path, "test")
+    np.testing.assert_array_equal(x, images)
+    assert y.tolist() == [3, 1, 4, 1] and y.dtype == np.int64
+    with pytest.raises(DataNotFoundError, match="cifar-10-python.tar.gz"):
+        load_cifar_clean("cifar10_c", tmp_path, "train")
+
+
+def test_clean_cifar_loader_refuses_code_in_pickles(tmp_path):
+    import os
+    import pickle
+
+    from tta_bench.data.cifar_clean import load_cifar_clean
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
+    with pytest.raises(DataNotFoundError, match="refusing"):
+        load_cifar_clean("cifar10_c", tmp_path, "test")

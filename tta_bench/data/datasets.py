@@ -100,6 +100,10 @@ class Benchmark:
             from tta_bench.data.digits_c import load_clean_split
 
             return load_clean_split(self.data_root, split)
+        if self.info.name in ("cifar10_c", "cifar100_c"):
+            from tta_bench.data.cifar_clean import load_cifar_clean
+
+            return load_cifar_clean(self.info.name, self.data_root, split)
         raise DataNotFoundError(f"clean {split} data of {self.info.name} is not supported yet")
 
 
