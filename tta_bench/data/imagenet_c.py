@@ -11,6 +11,7 @@ wnid folders. A domain is only checked when first used, so opening the benchmark
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ ARCHIVES: dict[str, tuple[str, ...]] = {
     "extra.tar": ("speckle_noise", "gaussian_blur", "spatter", "saturate"),
 }
 ARCHIVE_OF: dict[str, str] = {c: a for a, cs in ARCHIVES.items() for c in cs}
+CLASS_MAP_IN_PACKAGE = "helper_files/imagenet_class_to_id_map.json"
 LIST_IN_PACKAGE = Path("helper_files") / "imagenet_test_image_ids.txt"
 MAX_LISTED = 6  # paths named in a message before "... and N more"
 
@@ -45,21 +47,35 @@ def _archive_hint(corruptions: Sequence[str], folder: Path) -> list[str]:
             f"and unpack so that {folder}/<corruption>/<severity>/<wnid>/*.JPEG exist"]
 
 
-def _missing_message(paths: Sequence[Path], folder: Path, corruptions: Sequence[str]) -> str:
+def _corruption_of(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).parts[0] if path.is_relative_to(folder) and path != folder else "?"
+
+
+def _missing_message(paths: Sequence[Path], folder: Path) -> str:
     lines = ["missing ImageNet-C files:"] + [f"  {p}" for p in paths[:MAX_LISTED]]
     if len(paths) > MAX_LISTED:
         lines.append(f"  ... and {len(paths) - MAX_LISTED} more")
-    return "\n".join(lines + _archive_hint(corruptions, folder))
+    return "\n".join(lines + _archive_hint([_corruption_of(p, folder) for p in paths], folder))
 
 
 def _unreadable_message(path: Path, why: str, folder: Path) -> str:
-    corruption = path.relative_to(folder).parts[0] if path.is_relative_to(folder) else "?"
     return "\n".join([f"{path} is not a readable JPEG ({why}); re-download it"]
-                     + _archive_hint([corruption], folder))
+                     + _archive_hint([_corruption_of(path, folder)], folder))
 
 
-def robustbench_list_file() -> Path:
-    """RobustBench's 5,000-image ImageNet list, found without importing robustbench."""
+def _missing_domain_folders(folder: Path, corruptions: Sequence[str]) -> list[Path]:
+    """Absent corruption folders, or their absent severity folders when the corruption folder exists."""
+    missing = []
+    for c in corruptions:
+        if not (folder / c).is_dir():
+            missing.append(folder / c)
+        else:
+            missing += [folder / c / str(s) for s in SEVERITIES if not (folder / c / str(s)).is_dir()]
+    return missing
+
+
+def _robustbench_helper_file(relative: str) -> tuple[Path | None, str]:
+    """A file shipped in robustbench's package, found without importing robustbench."""
     # Importing robustbench is slow and breaks on current setuptools (specs/data.md); the spec
     # of a top-level package is found without executing it.
     try:
@@ -67,15 +83,31 @@ def robustbench_list_file() -> Path:
     except (ImportError, ValueError):
         spec = None
     for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        candidate = Path(location) / LIST_IN_PACKAGE
+        candidate = Path(location) / relative
         if candidate.is_file():
-            return candidate
-    where = "is not installed" if spec is None else f"has no {LIST_IN_PACKAGE}"
-    raise DataNotFoundError(
-        f"the default ImageNet-C subset is RobustBench's image list, but robustbench {where}; "
-        "`pip install robustbench` or pass the path of imagenet_test_image_ids.txt "
-        "(lines `wnid/ILSVRC2012_val_XXXXXXXX.JPEG`)"
-    )
+            return candidate, ""
+    return None, "is not installed" if spec is None else f"has no {relative}"
+
+
+def robustbench_list_file() -> Path:
+    """RobustBench's 5,000-image ImageNet list, found without importing robustbench."""
+    path, why = _robustbench_helper_file(LIST_IN_PACKAGE)
+    if path is None:
+        raise DataNotFoundError(
+            f"the default ImageNet-C subset is RobustBench's image list, but robustbench {why}; "
+            "`pip install robustbench` or pass the path of imagenet_test_image_ids.txt "
+            "(lines `wnid/ILSVRC2012_val_XXXXXXXX.JPEG`)"
+        )
+    return path
+
+
+def canonical_wnids() -> list[str] | None:
+    """The 1000 ImageNet wnids in class-index order (RobustBench's map), or None if not installed."""
+    path, _ = _robustbench_helper_file(CLASS_MAP_IN_PACKAGE)
+    if path is None:
+        return None
+    index = json.loads(path.read_text())
+    return sorted(index, key=index.__getitem__)
 
 
 def read_list_file(path: Path) -> list[str]:
@@ -91,9 +123,11 @@ def read_list_file(path: Path) -> list[str]:
 
 
 def _list_domain(domain: Path) -> tuple[list[str], list[str]]:
-    """(sorted wnid folders, sorted relative paths of every file) of one domain folder."""
+    """(sorted wnid folders, sorted relative paths of every JPEG) of one domain folder."""
     wnids = sorted(e.name for e in os.scandir(domain) if e.is_dir())
-    relpaths = [f"{w}/{name}" for w in wnids for name in sorted(os.listdir(domain / w))]
+    # Only JPEGs, so stray files (.DS_Store, partial downloads) do not become rows.
+    relpaths = [f"{w}/{name}" for w in wnids for name in sorted(os.listdir(domain / w))
+                if name.lower().endswith(".jpeg")]
     return wnids, relpaths
 
 
@@ -127,13 +161,15 @@ class ImageNetCFiles:
         self.corruptions = tuple(corruptions)
         if not self.corruptions:
             raise ConfigError("ImageNetCFiles needs at least one corruption")
-        wanted = [self.folder / c / str(s) for c in self.corruptions for s in SEVERITIES]
-        missing = [p for p in wanted if not p.is_dir()]
+        missing = _missing_domain_folders(self.folder, self.corruptions)
         if missing:
-            raise DataNotFoundError(_missing_message(missing, self.folder, self.corruptions))
+            raise DataNotFoundError(_missing_message(missing, self.folder))
         first = self.folder / self.corruptions[0] / str(SEVERITIES[0])
         # Labels come from the wnid folders, not the list: RobustBench's list covers 997 classes.
-        self.wnids, listing = _list_domain(first)
+        folder_wnids, listing = _list_domain(first)
+        # Class index = position in the sorted 1000 wnids; a partial tree (or a test fixture)
+        # must not shift the indices, so the canonical list is used when robustbench ships it.
+        self.wnids = canonical_wnids() or folder_wnids
         if num_classes is not None and len(self.wnids) != num_classes:
             raise DataNotFoundError(
                 f"{first} holds {len(self.wnids)} class folders, expected {num_classes} "
@@ -149,7 +185,7 @@ class ImageNetCFiles:
         index = {w: i for i, w in enumerate(self.wnids)}
         unknown = sorted({r.split("/")[0] for r in self.relpaths} - index.keys())
         if unknown:
-            raise DataNotFoundError(_missing_message([first / w for w in unknown], self.folder, self.corruptions))
+            raise DataNotFoundError(_missing_message([first / w for w in unknown], self.folder))
         self.labels: np.ndarray = np.array([index[r.split("/")[0]] for r in self.relpaths], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -171,7 +207,7 @@ class ImageNetCFiles:
             return
         domain = self.domain_folder(corruption, severity)
         if not domain.is_dir():
-            raise DataNotFoundError(_missing_message([domain], self.folder, [corruption]))
+            raise DataNotFoundError(_missing_message([domain], self.folder))
         if self.all_images:
             # All-images rows were listed from the first domain; every domain must list the same.
             found = set(_list_domain(domain)[1])
@@ -184,16 +220,28 @@ class ImageNetCFiles:
                     f"{first} looks incomplete\n" + "\n".join(_archive_hint([self.corruptions[0]], self.folder))
                 )
         else:
-            missing = [domain / r for r in self.relpaths if not (domain / r).is_file()]
+            missing = []  # list mode: the files a run needs are checked by check_items
         if missing:
-            raise DataNotFoundError(_missing_message(missing, self.folder, [corruption]))
+            raise DataNotFoundError(_missing_message(missing, self.folder))
         self._checked.add((corruption, severity))
+
+    def check_items(self, items: "StreamItems") -> None:
+        """Raise DataNotFoundError naming every file of `items` that is missing, before any is read."""
+        for d in np.unique(items.domain_ids):
+            self.check_domain(*items.domains[d])
+        paths = (self.path(*items.domains[d], int(r)) for d, r in zip(items.domain_ids, items.rows))
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataNotFoundError(_missing_message(missing, self.folder))
 
     def load(self, corruption: str, severity: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Images (n, H, W, 3) uint8 of one domain in `rows` order, decoded here (small sets only)."""
         self.check_domain(corruption, severity)
         rows = np.arange(len(self)) if rows is None else np.asarray(rows)
         paths = [self.path(corruption, severity, int(r)) for r in rows]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataNotFoundError(_missing_message(missing, self.folder))
         if not paths:
             raise DataNotFoundError(f"no rows requested from {corruption}@{severity}")
         return _stack(paths, [decode_jpeg(p, self.folder) for p in paths])
@@ -271,12 +319,19 @@ class _CheckingBatchSampler(BatchSampler):
     def __init__(self, files: ImageNetCFiles, items: StreamItems, batch_size: int):
         super().__init__(SequentialSampler(range(len(items))), batch_size, drop_last=False)
         self.files, self.items = files, items
+        self.error: DataNotFoundError | None = None
 
     def __iter__(self) -> Iterator[list[int]]:
-        # Runs in the main process, a few batches ahead of the model: the check stays lazy.
+        # Runs in the main process, a few batches ahead of the model, so the check stays lazy.
+        # A failure ends the batches instead of raising inside DataLoader (which would leave its
+        # workers to be reaped at exit); stream_batches raises it after the batches before it.
         for batch in super().__iter__():
-            for d in np.unique(self.items.domain_ids[batch]):
-                self.files.check_domain(*self.items.domains[d])
+            try:
+                for d in np.unique(self.items.domain_ids[batch]):
+                    self.files.check_domain(*self.items.domains[d])
+            except DataNotFoundError as exc:
+                self.error = exc
+                return
             yield batch
 
 
@@ -292,21 +347,30 @@ def stream_batches(files: ImageNetCFiles, items: Sequence[tuple[str, int, int]] 
     items = items if isinstance(items, StreamItems) else StreamItems.from_tuples(items)
     if len(items) == 0:
         return
+    files.check_items(items)
     device = torch.device(device)
+    sampler = _CheckingBatchSampler(files, items, batch_size)
     loader = DataLoader(
         _JpegDataset(files, items),
-        batch_sampler=_CheckingBatchSampler(files, items, batch_size),
+        batch_sampler=sampler,
         collate_fn=_collate,
         num_workers=workers,
         # Batches queued per worker (DataLoader's meaning), so workers*prefetch are decoded ahead.
         prefetch_factor=max(1, prefetch) if workers > 0 else None,
         pin_memory=device.type == "cuda",
     )
-    # One batch ahead on the device: its copy is queued while the caller works on the current one.
-    ahead: torch.Tensor | None = None
-    for host_batch in loader:
-        current, ahead = ahead, _to_device(host_batch, device)
-        if current is not None:
-            yield current
-    if ahead is not None:
-        yield ahead
+    batches = iter(loader)
+    ahead: torch.Tensor | None = None  # one batch ahead: its copy is queued while the caller computes
+    try:
+        # next() rather than a for loop, so that the finally clause holds the only reference.
+        while (host_batch := next(batches, None)) is not None:
+            current, ahead = ahead, _to_device(host_batch, device)
+            if current is not None:
+                yield current
+        if ahead is not None:
+            yield ahead
+        if sampler.error is not None:
+            raise sampler.error
+    finally:
+        # Stop the workers now, also on errors and early exits, not when a traceback is freed.
+        batches = None
