@@ -71,9 +71,9 @@ def open_segment(bench: Benchmark, stream: Stream, segment: Segment, batch_size:
     labels = torch.from_numpy(bench.labels[segment.rows]).to(device)
     domain_ids = torch.from_numpy(segment.domain_ids).to(device)
     if bench.streams_from_disk:
-        items = [(stream.domains[d].corruption, stream.domains[d].severity, int(r))
-                 for d, r in zip(segment.domain_ids, segment.rows)]
-        return DeviceSegment(labels, domain_ids, bench.stream_batches(items, batch_size, device))
+        domains = [(d.corruption, d.severity) for d in stream.domains]
+        batches = bench.stream_batches(domains, segment.domain_ids, segment.rows, batch_size, device)
+        return DeviceSegment(labels, domain_ids, batches)
     images = to_device_images(_host_images(bench, stream, segment), device)
     return DeviceSegment(labels, domain_ids, (images[s : s + batch_size] for s in range(0, len(segment), batch_size)))
 

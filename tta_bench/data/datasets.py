@@ -78,11 +78,12 @@ class Benchmark:
         """JPEG domains are decoded batch by batch instead of being uploaded whole."""
         return self.info.layout == "imagenet_c"
 
-    def stream_batches(self, items: list[tuple[str, int, int]], batch_size: int,
-                       device: torch.device) -> Iterator[torch.Tensor]:
-        """uint8 NCHW device batches of (corruption, severity, row) items, decoded by worker processes."""
-        from tta_bench.data.imagenet_c import stream_batches
+    def stream_batches(self, domains: list[tuple[str, int]], domain_ids: np.ndarray, rows: np.ndarray,
+                       batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+        """uint8 NCHW device batches of the given (domain, row) positions, decoded by worker processes."""
+        from tta_bench.data.imagenet_c import StreamItems, stream_batches
 
+        items = StreamItems(tuple(domains), domain_ids, rows)
         return stream_batches(self.files, items, batch_size, device, workers=self.loader_workers)
 
     @property
