@@ -143,7 +143,8 @@ def run_experiment(cfg: DictConfig) -> Path:
     exp, hparams = open_experiment(cfg)
     start_record(exp.run_dir)
     seed_everything(int(cfg.seed))
-    model = create_model(cfg.model.name, cfg.model_dir, cfg.data_root, bool(cfg.progress)).to(exp.device)
+    options = {k: v for k, v in cfg.model.items() if k != "name"}
+    model = create_model(cfg.model.name, cfg.model_dir, cfg.data_root, bool(cfg.progress), **options).to(exp.device)
     weights = weights_fingerprint(model)
     first_batch = next(_open(exp, exp.stream.segments[0], slice(0, exp.batch_size)).batches)
     plain_seconds = plain_forward_seconds(model, as_float(first_batch))  # before the method changes the model
@@ -154,7 +155,7 @@ def run_experiment(cfg: DictConfig) -> Path:
     result = adapt_stream(method, exp.bench, exp.stream, exp.batch_size, exp.info.num_classes, exp.device,
                           bool(cfg.progress))
     forgetting = _forgetting(exp, method, result, clean, clean_before) if cfg.forgetting else {}
-    ids = _id_columns(exp, weights)
+    ids = _id_columns(exp, getattr(model, "weights_id", cfg.model.name), weights)
     tables = {
         "metrics": metric_rows(ids, exp.stream, result.per_domain, forgetting,
                                "label_shift" in parse_setting(cfg.data.setting)),
@@ -183,11 +184,11 @@ def _forgetting(exp: Experiment, method: Method, result: StreamResult, clean: An
     return out
 
 
-def _id_columns(exp: Experiment, weights: str) -> dict[str, Any]:
+def _id_columns(exp: Experiment, weights_id: str, weights: str) -> dict[str, Any]:
     c = exp.config
     return {
         "run_id": exp.run_id, "method": c["method"]["name"], "model": c["model"]["name"],
         "dataset": exp.info.name, "setting": c["data"]["setting"], "seed": int(c["seed"]),
         "batch_size": int(c["data"]["batch_size"]), "n_examples": int(c["data"]["n_examples"]),
-        "weights_sha256": weights, "device": str(exp.device), "torch_version": torch.__version__,
+        "weights": weights_id, "weights_sha256": weights, "device": str(exp.device), "torch_version": torch.__version__,
     }

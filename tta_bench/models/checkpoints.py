@@ -48,16 +48,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TTABenchError(
-            f"Refusing to load checkpoint {path}: it contains objects other than tensors and plain "
-            f"containers, which torch.load(weights_only=True) does not unpickle ({reason}). Re-save it "
-            "as a plain state_dict (torch.save(model.state_dict(), path)) from a trusted source."
-        ) from exc
+        reason = _unpickler_reason(str(exc))
+        if "Unsupported global" in reason:
+            raise TTABenchError(
+                f"Refusing to load checkpoint {path}: it contains objects other than tensors and plain "
+                f"containers, which torch.load(weights_only=True) does not unpickle ({reason}). Re-save it "
+                "as a plain state_dict (torch.save(model.state_dict(), path)) from a trusted source."
+            ) from exc
+        raise _unreadable(path, reason) from exc
     except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError for truncated or foreign files
-        raise TTABenchError(f"Cannot read checkpoint {path} ({type(exc).__name__}: {exc}); "
-                            "the file is damaged or not a PyTorch checkpoint: download it again.") from exc
+        raise _unreadable(path, f"{type(exc).__name__}: {exc}") from exc
     return _unwrap(obj, path)
+
+
+def _unpickler_reason(message: str) -> str:
+    """The one informative sentence of torch's long weights-only error message."""
+    tail = message.split("WeightsUnpickler error:", 1)[-1].strip()
+    return tail.split(". ", 1)[0].splitlines()[0].strip() if tail else message
+
+
+def _unreadable(path: Path, reason: str) -> TTABenchError:
+    return TTABenchError(f"Cannot read checkpoint {path} ({reason}); the file is damaged or not a "
+                         "PyTorch checkpoint: download it again.")
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

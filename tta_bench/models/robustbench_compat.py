@@ -78,16 +78,26 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     return modules
 
 
+def _quiet_third_party_import_warnings() -> None:
+    """Silence import-time deprecation warnings of robustbench's dependencies; nothing a user can act on."""
+    # timm 1.0.9 (hrnet.py) uses the deprecated torch.jit.interface.
+    warnings.filterwarnings("ignore", message=".*torch.jit.interface.*", category=FutureWarning)
+    # robustbench 1.1.1 imports timm through module paths timm marks deprecated.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"timm(\..*)?")
+    # setuptools 81 warns when pkg_resources (defect 1) is imported at all.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+
 def import_robustbench() -> types.ModuleType:
     """Import robustbench (with `robustbench.model_zoo`) despite the defects above."""
     if "robustbench.model_zoo" in sys.modules:
         return sys.modules["robustbench"]
     try:
-        with _temporary_modules(_stand_ins()), warnings.catch_warnings():
-            # A dependency of robustbench uses torch.jit.interface at import; nothing a user can act on.
-            warnings.filterwarnings("ignore", message=".*torch.jit.interface.*", category=FutureWarning)
-            robustbench = importlib.import_module("robustbench")
-            importlib.import_module("robustbench.model_zoo")
+        with warnings.catch_warnings():
+            _quiet_third_party_import_warnings()
+            with _temporary_modules(_stand_ins()):
+                robustbench = importlib.import_module("robustbench")
+                importlib.import_module("robustbench.model_zoo")
     except ImportError as exc:
         raise TTABenchError(
             f"cannot import robustbench ({exc}); the RobustBench models need robustbench=="
