@@ -155,7 +155,8 @@ def run_experiment(cfg: DictConfig) -> Path:
     result = adapt_stream(method, exp.bench, exp.stream, exp.batch_size, exp.info.num_classes, exp.device,
                           bool(cfg.progress))
     forgetting = _forgetting(exp, method, result, clean, clean_before) if cfg.forgetting else {}
-    ids = _id_columns(exp, getattr(model, "weights_id", cfg.model.name), weights)
+    ids = {**_id_columns(exp, getattr(model, "weights_id", cfg.model.name), weights),
+           "model_parameters": sum(p.numel() for p in model.parameters())}
     tables = {
         "metrics": metric_rows(ids, exp.stream, result.per_domain, forgetting,
                                "label_shift" in parse_setting(cfg.data.setting)),

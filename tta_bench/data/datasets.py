@@ -11,7 +11,7 @@ import torch
 
 from tta_bench.data.cifar_c import CorruptionFiles, Download
 from tta_bench.data.domains import ALL_CORRUPTIONS
-from tta_bench.errors import ConfigError, DataNotFoundError
+from tta_bench.errors import ConfigError
 
 Family = Literal["cifar", "imagenet"]
 FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
@@ -105,7 +105,11 @@ class Benchmark:
             from tta_bench.data.cifar_clean import load_cifar_clean
 
             return load_cifar_clean(self.info.name, self.data_root, split)
-        raise DataNotFoundError(f"clean {split} data of {self.info.name} is not supported yet")
+        from tta_bench.data.imagenet_clean import load_imagenet_clean
+
+        # The test split is the clean counterpart of the corrupted images (the same list).
+        relpaths = self.files.relpaths if split == "test" else None
+        return load_imagenet_clean(self.data_root, split, self.files.wnids, relpaths)
 
 
 def open_benchmark(name: str, data_root: Path, corruptions: tuple[str, ...] = ALL_CORRUPTIONS,
