@@ -1,10 +1,11 @@
 """Write small fixtures in exactly the real on-disk formats, for acceptance checks without the real files.
 
 Random pixels and random weights, but the real layouts and architectures:
-- `<data_root>/CIFAR-10-C/`: 15 + 4 corruption `.npy` files of `--cifar-rows` rows per severity;
+- `<data_root>/CIFAR-10-C/`, `CIFAR-100-C/`: 15 + 4 corruption `.npy` files of `--cifar-rows` rows per severity;
 - `<data_root>/ImageNet-C/<corruption>/<1-5>/<wnid>/*.JPEG` (224x224, quality 85): the images of
   RobustBench's 5,000-image list that a `--imagenet-n`-image stream with `--seed` selects;
-- `<model_dir>/cifar10/corruptions/Standard.pt` (WRN-28-10, saved as {'state_dict'} with `module.`);
+- `<model_dir>/cifar10/corruptions/Standard.pt` (WRN-28-10) and `cifar100/corruptions/Hendrycks2020AugMix_ResNeXt.pt`
+  (ResNeXt-29), saved as {'state_dict'} with `module.`;
 - `<torch_home>/hub/checkpoints/resnet50-0676ba61.pth` (torchvision ResNet-50, bare state dict).
 Then, for example:
   python run.py method=tent data=cifar10_c_continual data_root=D model_dir=M data.n_examples=400
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tta_bench.fixtures import checkpoints, cifar10_c, imagenet_c
+from tta_bench.fixtures import checkpoints, cifar_c, imagenet_c
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    cifar10_c(args.data_root, args.cifar_rows, rng)
+    cifar_c(args.data_root, args.cifar_rows, rng)
+    cifar_c(args.data_root, args.cifar_rows, rng, "CIFAR-100-C", 100)
     imagenet_c(args.data_root, args.imagenet_n, args.seed, rng)
     checkpoints(args.model_dir, args.torch_home)
     print(f"fixtures written under {args.data_root}, {args.model_dir}, {args.torch_home}")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tta_bench.fixtures import checkpoints, cifar10_c, imagenet_c
+from tta_bench.fixtures import checkpoints, cifar_c, imagenet_c
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,8 @@ def real(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("real")
     paths = {"data": base / "data", "models": base / "models", "torch_home": base / "th", "results": base / "results"}
     rng = np.random.default_rng(0)
-    cifar10_c(paths["data"], 16, rng)
+    cifar_c(paths["data"], 16, rng)
+    cifar_c(paths["data"], 16, rng, "CIFAR-100-C", 100)
     imagenet_c(paths["data"], 4, 1, rng, corruptions=("fog",))
     checkpoints(paths["models"], paths["torch_home"])
     return paths
@@ -47,7 +48,14 @@ def test_cifar10_c_with_wrn28_10(real):
     metrics = _record(proc, real)
     assert metrics.model.iloc[0] == "wrn28_10_standard"
     assert metrics.weights.iloc[0] == "robustbench:cifar10/corruptions/Standard"
+    assert metrics.model_parameters.iloc[0] == 36_479_194
     assert (metrics.query("metric == 'n_samples' and domain != 'all'").value == 8).all()
+
+
+def test_cifar100_c_with_resnext29(real):
+    proc = _run(real, "method=norm", "data=cifar100_c_continual", "data.corruptions=[fog]", "data.n_examples=8")
+    metrics = _record(proc, real)
+    assert metrics.model.iloc[0] == "resnext29_augmix" and metrics.model_parameters.iloc[0] == 6_900_132
 
 
 def test_imagenet_c_with_resnet50(real):
@@ -55,6 +63,7 @@ def test_imagenet_c_with_resnet50(real):
                 "data.batch_size=2", "data.loader_workers=0")
     metrics = _record(proc, real)
     assert metrics.model.iloc[0] == "resnet50" and metrics.weights.iloc[0] == "torchvision:resnet50/IMAGENET1K_V1"
+    assert metrics.model_parameters.iloc[0] == 25_557_032
     assert metrics.query("metric == 'n_samples' and domain == 'fog'").value.item() == 4
 
 

@@ -17,10 +17,10 @@ from tta_bench.data.streams import StreamSpec, select_rows
 from tta_bench.models.robustbench_compat import model_zoo_entry
 
 
-def cifar10_c(root: Path, rows: int, rng: np.random.Generator) -> None:
-    """A CIFAR-10-C folder with `rows` images per severity block."""
+def cifar_c(root: Path, rows: int, rng: np.random.Generator, folder: str = "CIFAR-10-C", num_classes: int = 10) -> None:
+    """A CIFAR-10-C (or CIFAR-100-C) folder with `rows` images per severity block."""
     arrays = {c: rng.integers(0, 256, (5 * rows, 32, 32, 3), dtype=np.uint8) for c in ALL_CORRUPTIONS}
-    write_corruption_files(root / "CIFAR-10-C", arrays, rng.integers(0, 10, rows))
+    write_corruption_files(root / folder, arrays, rng.integers(0, num_classes, rows))
 
 
 def imagenet_c(root: Path, n: int, seed: int, rng: np.random.Generator,
@@ -39,12 +39,18 @@ def imagenet_c(root: Path, n: int, seed: int, rng: np.random.Generator,
             Image.fromarray(smooth).resize((224, 224), Image.BILINEAR).save(path, quality=85)
 
 
+def _save_robustbench(model_dir: Path, dataset: str, name: str, skip: tuple[str, ...] = ()) -> None:
+    model = model_zoo_entry(dataset, "corruptions", name)["model"]()
+    path = model_dir / dataset / "corruptions" / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items() if k not in skip}}, path)
+
+
 def checkpoints(model_dir: Path, torch_home: Path) -> None:
     """Random-weight checkpoints saved the way RobustBench and torchvision save them."""
-    wrn = model_zoo_entry("cifar10", "corruptions", "Standard")["model"]()
-    path = model_dir / "cifar10" / "corruptions" / "Standard.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in wrn.state_dict().items()}}, path)
+    _save_robustbench(model_dir, "cifar10", "Standard")
+    # The published AugMix ResNeXt file lacks the model's normalisation buffers.
+    _save_robustbench(model_dir, "cifar100", "Hendrycks2020AugMix_ResNeXt", skip=("mu", "sigma"))
     hub = torch_home / "hub" / "checkpoints"
     hub.mkdir(parents=True, exist_ok=True)
     torch.save(torchvision.models.resnet50().state_dict(), hub / "resnet50-0676ba61.pth")
