@@ -63,7 +63,8 @@ def load_or_train_digits_model(model_dir: Path, data_root: Path, progress: bool 
     """Load the cached checkpoint, training it first if it is not there."""
     path = Path(model_dir) / CHECKPOINT
     if not path.is_file():
-        # Training is CPU-only and single-threaded-deterministic, so every machine gets the same weights.
+        # Trained on the CPU with fixed seeds: reruns on one machine give the same weights, and the cache
+        # keeps them fixed across runs (other CPUs may round differently).
         state = train_digits_model(data_root, progress).state_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
