@@ -21,7 +21,8 @@ from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
 from tta_bench.data.streams import StreamSpec, build_stream
 from tta_bench.experiment import resolve_device
 from tta_bench.methods.losses import softmax_entropy
-from tta_bench.runner import adapt_stream, as_float, open_segment, synchronize
+from tta_bench.data.tensors import as_float
+from tta_bench.runner import adapt_stream, open_segment, synchronize
 
 BATCH = 200
 

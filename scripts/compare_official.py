@@ -20,7 +20,8 @@ import tta_bench
 from tta_bench.data.datasets import open_benchmark
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
 from tta_bench.data.streams import StreamSpec, build_stream
-from tta_bench.runner import adapt_stream, as_float, open_segment
+from tta_bench.data.tensors import as_float
+from tta_bench.runner import adapt_stream, open_segment
 
 
 class Recorder:

@@ -16,6 +16,7 @@ import torch
 import tta_bench
 from tta_bench.data.datasets import open_benchmark
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
+from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.experiment import resolve_device
 
 
@@ -43,7 +44,7 @@ def main() -> int:
 
     bench = open_benchmark("digits_c", args.data_root)
     clean_x, clean_y = bench.load_clean("test")
-    clean_x = torch.from_numpy(clean_x).permute(0, 3, 1, 2).float().div(255).to(device)
+    clean_x = as_float(to_nchw(clean_x, device))
     clean_err = error(fresh("source"), clean_x, torch.from_numpy(clean_y).to(device))
     rows = []
     for c in BENCHMARK_CORRUPTIONS:

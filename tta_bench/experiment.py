@@ -28,8 +28,9 @@ from tta_bench.methods.preparation import SourceData, prepare_method
 from tta_bench.models import create_model, weights_fingerprint
 from tta_bench.records import cost_rows, curve_rows, metric_rows
 from tta_bench.results import run_dir_of, run_id_of, start_record, write_record
-from tta_bench.runner import (DeviceSegment, StreamResult, adapt_stream, as_float, frozen_error,
-                              labelled_batches, open_segment, plain_forward_seconds, to_device_images)
+from tta_bench.data.tensors import as_float, to_nchw
+from tta_bench.runner import (DeviceSegment, StreamResult, adapt_stream, frozen_error, labelled_batches, open_segment,
+                              plain_forward_seconds)
 from tta_bench.tables import domain_table, render_text, run_summary
 
 
@@ -113,7 +114,7 @@ def _clean_test(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
     except DataNotFoundError as exc:
         print(f"note: no clean-split forgetting for {exp.info.name}: {exc}")
         return None
-    return to_device_images(images, exp.device), torch.from_numpy(labels).to(exp.device)
+    return to_nchw(images, exp.device), torch.from_numpy(labels).to(exp.device)
 
 
 def _tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -17,6 +17,7 @@ import torch
 
 from tta_bench.data.datasets import Benchmark
 from tta_bench.data.streams import Segment, Stream
+from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.methods.base import Method
 from tta_bench.metrics import DomainMetrics
 from tta_bench.progress import progress_bar
@@ -42,16 +43,6 @@ class StreamResult:
     adapt_seconds: float
 
 
-def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(n, H, W, 3) uint8 host array -> (n, 3, H, W) uint8 device tensor."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
-
-
-def as_float(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW batch -> float32 in [0,1] (on the batch's device)."""
-    return batch.float().div_(255.0)
-
-
 def _host_images(bench: Benchmark, stream: Stream, segment: Segment) -> np.ndarray:
     """Images of every domain of `segment`, read from disk in stream order."""
     images = None
@@ -74,7 +65,7 @@ def open_segment(bench: Benchmark, stream: Stream, segment: Segment, batch_size:
         domains = [(d.corruption, d.severity) for d in stream.domains]
         batches = bench.stream_batches(domains, segment.domain_ids, segment.rows, batch_size, device)
         return DeviceSegment(labels, domain_ids, batches)
-    images = to_device_images(_host_images(bench, stream, segment), device)
+    images = to_nchw(_host_images(bench, stream, segment), device)
     return DeviceSegment(labels, domain_ids, (images[s : s + batch_size] for s in range(0, len(segment), batch_size)))
 
 

@@ -11,6 +11,7 @@ import torch
 
 from tta_bench.data.cifar_c import CorruptionFiles, Download
 from tta_bench.data.domains import ALL_CORRUPTIONS
+from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.errors import ConfigError
 
 Family = Literal["cifar", "imagenet"]
@@ -130,5 +131,4 @@ def load_domain(dataset: str, corruption: str, severity: int, n_examples: int | 
     bench = open_benchmark(dataset, Path(data_root), (corruption,))
     n = len(bench.labels) if n_examples is None or n_examples < 0 else min(n_examples, len(bench.labels))
     rows = np.arange(n)
-    images = torch.from_numpy(bench.load(corruption, severity, rows)).permute(0, 3, 1, 2).float().div_(255.0)
-    return images.contiguous(), torch.from_numpy(bench.labels[rows])
+    return as_float(to_nchw(bench.load(corruption, severity, rows))), torch.from_numpy(bench.labels[rows])

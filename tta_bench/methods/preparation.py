@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.methods.base import Method
 
 
@@ -32,9 +33,8 @@ class SourceData:
     def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Float NCHW [0,1] batches with labels, in file order, on `device`."""
         for start in range(0, len(self.images), batch_size):
-            x = torch.from_numpy(self.images[start : start + batch_size]).to(device)
-            y = torch.from_numpy(self.labels[start : start + batch_size]).to(device)
-            yield x.permute(0, 3, 1, 2).float().div_(255.0), y
+            x = as_float(to_nchw(self.images[start : start + batch_size], device))
+            yield x, torch.from_numpy(self.labels[start : start + batch_size]).to(device)
 
 
 def preparation_key(method: Method, weights_hash: str, source_name: str) -> str:
