@@ -111,3 +111,14 @@ def test_eata_fisher_and_penalty(tiny_model):
         tiny_model.bn.weight += 0.1
     fisher_w = artefacts["fisher/bn.weight"]
     assert float(method.regulariser().detach()) == pytest.approx(float(5.0 * (fisher_w * 0.01).sum()), rel=1e-4)
+
+
+def test_rdumb_resets_fully_every_n_batches(tiny_model):
+    method = tta_bench.create_method("rdumb", tiny_model, e_margin_scale=1.0, reset_every=2)
+    initial = copy.deepcopy(method.state_dict())
+    method(torch.rand(8, 3, 6, 6))
+    assert not torch.equal(tiny_model.bn.weight, initial["model"]["bn.weight"]) and bool(method.has_mean)
+    method(torch.rand(8, 3, 6, 6))  # the second batch adapts, then everything is reset
+    torch.testing.assert_close(method.state_dict()["model"], initial["model"])
+    assert method.mean_probs is None and method.optimizer.state_dict()["state"] == {}
+    assert method.batches_seen == 0
