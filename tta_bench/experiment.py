@@ -14,13 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tta_bench.data.datasets import Benchmark, DatasetInfo, dataset_info, open_benchmark
-from tta_bench.data.streams import (
-    Segment,
-    Stream,
-    StreamSpec,
-    build_stream,
-    parse_setting,
-)
+from tta_bench.data.streams import Segment, Stream, StreamSpec, build_stream, parse_setting
+from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.errors import ConfigError, DataNotFoundError
 from tta_bench.methods import method_class
 from tta_bench.methods.base import Hparams, Method
@@ -28,9 +23,8 @@ from tta_bench.methods.preparation import SourceData, prepare_method
 from tta_bench.models import create_model, weights_fingerprint
 from tta_bench.records import cost_rows, curve_rows, metric_rows
 from tta_bench.results import run_dir_of, run_id_of, start_record, write_record
-from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.runner import (DeviceSegment, StreamResult, adapt_stream, frozen_error, labelled_batches, open_segment,
-                              plain_forward_seconds)
+                              plain_forward_seconds, slices)
 from tta_bench.tables import domain_table, render_text, run_summary
 
 
@@ -118,8 +112,7 @@ def _clean_test(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def _tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size], labels[start : start + batch_size]
+    return zip(slices(images, batch_size), slices(labels, batch_size))
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -156,8 +149,7 @@ def run_experiment(cfg: DictConfig) -> Path:
     result = adapt_stream(method, exp.bench, exp.stream, exp.batch_size, exp.info.num_classes, exp.device,
                           bool(cfg.progress))
     forgetting = _forgetting(exp, method, result, clean, clean_before) if cfg.forgetting else {}
-    ids = {**_id_columns(exp, getattr(model, "weights_id", cfg.model.name), weights),
-           "model_parameters": sum(p.numel() for p in model.parameters())}
+    ids = _id_columns(exp, model, weights)
     tables = {
         "metrics": metric_rows(ids, exp.stream, result.per_domain, forgetting,
                                "label_shift" in parse_setting(cfg.data.setting)),
@@ -186,11 +178,13 @@ def _forgetting(exp: Experiment, method: Method, result: StreamResult, clean: An
     return out
 
 
-def _id_columns(exp: Experiment, weights_id: str, weights: str) -> dict[str, Any]:
+def _id_columns(exp: Experiment, model: torch.nn.Module, weights: str) -> dict[str, Any]:
     c = exp.config
     return {
         "run_id": exp.run_id, "method": c["method"]["name"], "model": c["model"]["name"],
         "dataset": exp.info.name, "setting": c["data"]["setting"], "seed": int(c["seed"]),
         "batch_size": int(c["data"]["batch_size"]), "n_examples": int(c["data"]["n_examples"]),
-        "weights": weights_id, "weights_sha256": weights, "device": str(exp.device), "torch_version": torch.__version__,
+        "weights": getattr(model, "weights_id", c["model"]["name"]), "weights_sha256": weights,
+        "device": str(exp.device), "torch_version": torch.__version__,
+        "model_parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -66,7 +66,12 @@ def open_segment(bench: Benchmark, stream: Stream, segment: Segment, batch_size:
         batches = bench.stream_batches(domains, segment.domain_ids, segment.rows, batch_size, device)
         return DeviceSegment(labels, domain_ids, batches)
     images = to_nchw(_host_images(bench, stream, segment), device)
-    return DeviceSegment(labels, domain_ids, (images[s : s + batch_size] for s in range(0, len(segment), batch_size)))
+    return DeviceSegment(labels, domain_ids, slices(images, batch_size))
+
+
+def slices(tensor: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches of a device tensor; the last may be shorter."""
+    return (tensor[start : start + batch_size] for start in range(0, len(tensor), batch_size))
 
 
 def labelled_batches(data: DeviceSegment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

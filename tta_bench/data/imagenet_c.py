@@ -202,27 +202,26 @@ class ImageNetCFiles:
         return self.domain_folder(corruption, severity) / self.relpaths[row]
 
     def check_domain(self, corruption: str, severity: int) -> None:
-        """Raise DataNotFoundError unless the domain holds every row's file (checked once per domain)."""
+        """Raise DataNotFoundError if the domain folder is missing or (all-images mode) incomplete; once per domain."""
         if (corruption, severity) in self._checked:
             return
         domain = self.domain_folder(corruption, severity)
         if not domain.is_dir():
             raise DataNotFoundError(_missing_message([domain], self.folder))
+        # List mode checks only the files a run needs (check_items); all-images rows were listed
+        # from the first domain, so every domain must list the same files.
         if self.all_images:
-            # All-images rows were listed from the first domain; every domain must list the same.
             found = set(_list_domain(domain)[1])
             missing = [domain / r for r in self.relpaths if r not in found]
+            if missing:
+                raise DataNotFoundError(_missing_message(missing, self.folder))
             extra = sorted(found.difference(self.relpaths))
-            if extra and not missing:
+            if extra:
                 first = self.folder / self.corruptions[0] / str(SEVERITIES[0])
                 raise DataNotFoundError(
                     f"{domain} holds files that {first} lacks, e.g. {extra[:3]}; "
                     f"{first} looks incomplete\n" + "\n".join(_archive_hint([self.corruptions[0]], self.folder))
                 )
-        else:
-            missing = []  # list mode: the files a run needs are checked by check_items
-        if missing:
-            raise DataNotFoundError(_missing_message(missing, self.folder))
         self._checked.add((corruption, severity))
 
     def check_items(self, items: "StreamItems") -> None:
@@ -313,28 +312,6 @@ def _collate(samples: list[tuple[Path, np.ndarray | str]]) -> torch.Tensor | _Fa
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
-class _CheckingBatchSampler(BatchSampler):
-    """Consecutive batches in item order that check each domain's files when it is first reached."""
-
-    def __init__(self, files: ImageNetCFiles, items: StreamItems, batch_size: int):
-        super().__init__(SequentialSampler(range(len(items))), batch_size, drop_last=False)
-        self.files, self.items = files, items
-        self.error: DataNotFoundError | None = None
-
-    def __iter__(self) -> Iterator[list[int]]:
-        # Runs in the main process, a few batches ahead of the model, so the check stays lazy.
-        # A failure ends the batches instead of raising inside DataLoader (which would leave its
-        # workers to be reaped at exit); stream_batches raises it after the batches before it.
-        for batch in super().__iter__():
-            try:
-                for d in np.unique(self.items.domain_ids[batch]):
-                    self.files.check_domain(*self.items.domains[d])
-            except DataNotFoundError as exc:
-                self.error = exc
-                return
-            yield batch
-
-
 def _to_device(batch: torch.Tensor | _FailedBatch, device: torch.device) -> torch.Tensor:
     if isinstance(batch, _FailedBatch):
         raise DataNotFoundError(batch.message)
@@ -349,7 +326,8 @@ def stream_batches(files: ImageNetCFiles, items: Sequence[tuple[str, int, int]] 
         return
     files.check_items(items)
     device = torch.device(device)
-    sampler = _CheckingBatchSampler(files, items, batch_size)
+    # Every file was checked above, so batches are plain consecutive slices of the items.
+    sampler = BatchSampler(SequentialSampler(range(len(items))), batch_size, drop_last=False)
     loader = DataLoader(
         _JpegDataset(files, items),
         batch_sampler=sampler,
@@ -369,8 +347,6 @@ def stream_batches(files: ImageNetCFiles, items: Sequence[tuple[str, int, int]] 
                 yield current
         if ahead is not None:
             yield ahead
-        if sampler.error is not None:
-            raise sampler.error
     finally:
         # Stop the workers now, also on errors and early exits, not when a traceback is freed.
         batches = None
