@@ -30,6 +30,7 @@ from tta_bench.data.datasets import open_benchmark  # noqa: E402
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS  # noqa: E402
 from tta_bench.data.streams import StreamSpec, build_stream  # noqa: E402
 from tta_bench.data.tensors import as_float  # noqa: E402
+from tta_bench.methods import method_class  # noqa: E402
 from tta_bench.methods.preparation import SourceData  # noqa: E402
 from tta_bench.runner import adapt_stream, open_segment  # noqa: E402
 
@@ -87,7 +88,7 @@ def run_ours(name: str, seed: int, args, bench, stream, source: SourceData) -> t
 
 def run_official(name: str, seed: int, adapter, checkout: Path, args, bench, stream, source) -> torch.Tensor:
     """Predicted classes of the official implementation over the same stream and batches."""
-    hparams = tta_bench.method_class(name).make_hparams("cifar")
+    hparams = method_class(name).make_hparams("cifar")
     seed_all(seed)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
     official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, args.batch_size, seed))
