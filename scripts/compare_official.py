@@ -5,7 +5,8 @@ from checkouts that you provide (nothing of them is part of this project), on th
 One adapter per official repository lives in `scripts/official/<short>.py`; pass its checkout as
 `--checkout <short>=PATH`. Deterministic methods are compared by the share of agreeing predicted
 classes and the largest per-domain error difference; stochastic ones (augmentations, random
-restores) by the mean error over `--seeds`.
+restores) by the mean error over `--seeds`. An adapter may map a comparison name to a tta_bench
+method with hparam overrides (`OURS`), e.g. to compare a variant with one term switched off.
 Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checkout eata=/path/to/EATA
        [--methods tent,eata] [--seeds 1,2,3] [--setting continual] [--n-examples 2000]
 """
@@ -67,6 +68,11 @@ def load_adapters(checkouts: dict[str, str]) -> dict[str, tuple[object, Path]]:
     return out
 
 
+def ours_for(adapter, name: str) -> tuple[str, dict]:
+    """The tta_bench method and hparam overrides behind comparison `name` (adapters may define `OURS`)."""
+    return getattr(adapter, "OURS", {}).get(name, (name, {}))
+
+
 def seed_all(seed: int) -> None:
     """Seed every generator the official code and ours may draw from."""
     random.seed(seed)
@@ -74,10 +80,12 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_ours(name: str, seed: int, args, bench, stream, source: SourceData) -> torch.Tensor:
+def run_ours(name: str, seed: int, adapter, args, bench, stream, source: SourceData) -> torch.Tensor:
     """Predicted classes of the tta_bench method over the stream."""
     seed_all(seed)
-    method = tta_bench.create_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root))
+    method_name, overrides = ours_for(adapter, name)
+    model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
+    method = tta_bench.create_method(method_name, model, **overrides)
     if method.needs_source:
         method.load_preparation(method.compute_preparation(source, progress=False))
         method.snapshot()
@@ -88,7 +96,8 @@ def run_ours(name: str, seed: int, args, bench, stream, source: SourceData) -> t
 
 def run_official(name: str, seed: int, adapter, checkout: Path, args, bench, stream, source) -> torch.Tensor:
     """Predicted classes of the official implementation over the same stream and batches."""
-    hparams = method_class(name).make_hparams("cifar")
+    method_name, overrides = ours_for(adapter, name)
+    hparams = method_class(method_name).make_hparams("cifar", **overrides)
     seed_all(seed)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
     official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, args.batch_size, seed))
@@ -156,7 +165,7 @@ def main() -> None:
     print(f"{args.setting}, shuffle={args.shuffle}, {args.n_examples} images/domain, batch {args.batch_size}")
     for name in methods:
         adapter, checkout = adapters[name]
-        runs = lambda seed: (run_ours(name, seed, args, bench, stream, source),  # noqa: E731
+        runs = lambda seed: (run_ours(name, seed, adapter, args, bench, stream, source),  # noqa: E731
                              run_official(name, seed, adapter, checkout, args, bench, stream, source))
         print(compare(name, name in adapter.STOCHASTIC, seeds, runs, labels, domains, len(stream.domains)), flush=True)
 
