@@ -5,7 +5,8 @@ from checkouts that you provide (nothing of them is part of this project), on th
 One adapter per official repository lives in `scripts/official/<short>.py`; pass its checkout as
 `--checkout <short>=PATH`. Deterministic methods are compared by the share of agreeing predicted
 classes and the largest per-domain error difference; stochastic ones (augmentations, random
-restores) by the mean error over `--seeds`.
+restores) by the mean error over `--seeds`. Both sides use `--batch-size` unless the method fixes its
+own batch size (a `batch_size` hyperparameter, e.g. BN-alpha's 1), which then applies to both.
 Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checkout eata=/path/to/EATA
        [--methods tent,eata] [--seeds 1,2,3] [--setting continual] [--n-examples 2000]
 """
@@ -31,6 +32,7 @@ from tta_bench.data.domains import BENCHMARK_CORRUPTIONS  # noqa: E402
 from tta_bench.data.streams import StreamSpec, build_stream  # noqa: E402
 from tta_bench.data.tensors import as_float  # noqa: E402
 from tta_bench.methods import method_class  # noqa: E402
+from tta_bench.methods.base import effective_batch_size  # noqa: E402
 from tta_bench.methods.preparation import SourceData  # noqa: E402
 from tta_bench.runner import adapt_stream, open_segment  # noqa: E402
 
@@ -82,21 +84,25 @@ def run_ours(name: str, seed: int, args, bench, stream, source: SourceData) -> t
         method.load_preparation(method.compute_preparation(source, progress=False))
         method.snapshot()
     ours = Recorder(method)
-    adapt_stream(ours, bench, stream, args.batch_size, 10, torch.device("cpu"), progress=False)
+    batch_size = effective_batch_size(method.hparams, args.batch_size)
+    adapt_stream(ours, bench, stream, batch_size, 10, torch.device("cpu"), progress=False)
     return torch.cat(ours.predictions)
 
 
 def run_official(name: str, seed: int, adapter, checkout: Path, args, bench, stream, source) -> torch.Tensor:
     """Predicted classes of the official implementation over the same stream and batches."""
     hparams = method_class(name).make_hparams("cifar")
+    batch_size = effective_batch_size(hparams, args.batch_size)
+    if batch_size != args.batch_size:
+        print(f"{name}: batch {batch_size} on both sides (the method's own batch size)", flush=True)
     seed_all(seed)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
-    official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, args.batch_size, seed))
+    official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, batch_size, seed))
     preds = []
     for segment in stream.segments:
         if segment.reset and hasattr(official, "reset"):
             official.reset()
-        for images in open_segment(bench, stream, segment, args.batch_size, torch.device("cpu")).batches:
+        for images in open_segment(bench, stream, segment, batch_size, torch.device("cpu")).batches:
             preds.append(official(as_float(images)).argmax(1))
     return torch.cat(preds)
 
