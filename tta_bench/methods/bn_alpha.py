@@ -29,8 +29,9 @@ class AlphaBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d normalising with mixed source (running) and current-batch statistics.
 
     mean = s mu_src + b mu_batch, var = s var_src + b var_batch with the *unbiased* batch variance
-    (what a momentum-1 BatchNorm stores as running_var in the harness), s + b = 1. Running statistics are read, never updated; parameters and buffers are the source
-    layer's own objects, so state-dict keys and values are those of the original model.
+    (what a momentum-1 BatchNorm stores as running_var in the harness), s + b = 1. Running
+    statistics are read, never updated; parameters and buffers are the source layer's own objects,
+    so state-dict keys and values are those of the original model.
     """
 
     def __init__(self, source: nn.BatchNorm2d, source_weight: float, batch_weight: float):
@@ -81,10 +82,11 @@ class BNAlpha(Method):
     Every BatchNorm2d normalises with mu = (1-a) mu_src + a mu_batch and
     var = (1-a) var_src + a var_batch, var_batch unbiased (n-1 over batch and spatial positions,
     what the harness's momentum-1 BatchNorm stores), eps and affine of the source layer; a = 0.1,
-    batch size 1 for CIFAR- and ImageNet-like benchmarks. Nothing is trained, no statistic is
-    accumulated. `alpha_weights` says which side alpha weights: "batch" (the harness, default) or
-    "source" (mu = a mu_src + (1-a) mu_batch, the other convention in the literature, e.g. You
-    et al.'s alpha-BN, whose defaults are not verified against code).
+    batch size 1 for CIFAR- and ImageNet-like benchmarks. Like the harness, only BatchNorm2d layers
+    are replaced. Nothing is trained, no statistic is accumulated. `alpha_weights` says which side
+    alpha weights: "batch" (the harness, default) or "source" (mu = a mu_src + (1-a) mu_batch, the
+    other convention in the literature, e.g. You et al.'s alpha-BN, whose defaults are not
+    verified against code).
     `batch_size` (1) replaces data.batch_size for this method in the runner (`effective_batch_size`).
     At batch size 1 the harness routes inputs through its single-sample sliding window, which with
     its default window length 1 is a plain forward of the image: identical to this.
