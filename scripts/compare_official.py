@@ -7,6 +7,8 @@ One adapter per official repository lives in `scripts/official/<short>.py`; pass
 classes and the largest per-domain error difference; stochastic ones (augmentations, random
 restores) by the mean error over `--seeds`. An adapter may map a comparison name to a tta_bench
 method with hparam overrides (`OURS`), e.g. to compare a variant with one term switched off.
+Both sides use `--batch-size` unless the method fixes its own batch size (a `batch_size`
+hyperparameter, e.g. BN-alpha's 1), which then applies to both.
 Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checkout eata=/path/to/EATA
        [--methods tent,eata] [--seeds 1,2,3] [--setting continual] [--n-examples 2000]
 """
@@ -32,6 +34,7 @@ from tta_bench.data.domains import BENCHMARK_CORRUPTIONS  # noqa: E402
 from tta_bench.data.streams import StreamSpec, build_stream  # noqa: E402
 from tta_bench.data.tensors import as_float  # noqa: E402
 from tta_bench.methods import method_class  # noqa: E402
+from tta_bench.methods.base import effective_batch_size  # noqa: E402
 from tta_bench.methods.preparation import SourceData  # noqa: E402
 from tta_bench.runner import adapt_stream, open_segment  # noqa: E402
 
@@ -90,7 +93,8 @@ def run_ours(name: str, seed: int, adapter, args, bench, stream, source: SourceD
         method.load_preparation(method.compute_preparation(source, progress=False))
         method.snapshot()
     ours = Recorder(method)
-    adapt_stream(ours, bench, stream, args.batch_size, 10, torch.device("cpu"), progress=False)
+    batch_size = effective_batch_size(method.hparams, args.batch_size)
+    adapt_stream(ours, bench, stream, batch_size, 10, torch.device("cpu"), progress=False)
     return torch.cat(ours.predictions)
 
 
@@ -98,14 +102,17 @@ def run_official(name: str, seed: int, adapter, checkout: Path, args, bench, str
     """Predicted classes of the official implementation over the same stream and batches."""
     method_name, overrides = ours_for(adapter, name)
     hparams = method_class(method_name).make_hparams("cifar", **overrides)
+    batch_size = effective_batch_size(hparams, args.batch_size)
+    if batch_size != args.batch_size:
+        print(f"{name}: batch {batch_size} on both sides (the method's own batch size)", flush=True)
     seed_all(seed)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
-    official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, args.batch_size, seed))
+    official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, batch_size, seed))
     preds = []
     for segment in stream.segments:
         if segment.reset and hasattr(official, "reset"):
             official.reset()
-        for images in open_segment(bench, stream, segment, args.batch_size, torch.device("cpu")).batches:
+        for images in open_segment(bench, stream, segment, batch_size, torch.device("cpu")).batches:
             preds.append(official(as_float(images)).argmax(1))
     return torch.cat(preds)
 
