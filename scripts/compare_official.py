@@ -5,7 +5,9 @@ from checkouts that you provide (nothing of them is part of this project), on th
 One adapter per official repository lives in `scripts/official/<short>.py`; pass its checkout as
 `--checkout <short>=PATH`. Deterministic methods are compared by the share of agreeing predicted
 classes and the largest per-domain error difference; stochastic ones (augmentations, random
-restores) by the mean error over `--seeds`.
+restores) by the mean error over `--seeds`. An adapter may map a comparison name to a tta_bench
+method and hparam overrides (`OURS = {"roid_no_consistency": ("roid", {"use_consistency": False})}`);
+both sides then run with those hparams.
 Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checkout eata=/path/to/EATA
        [--methods tent,eata] [--seeds 1,2,3] [--setting continual] [--n-examples 2000]
 """
@@ -30,6 +32,7 @@ from tta_bench.data.datasets import open_benchmark  # noqa: E402
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS  # noqa: E402
 from tta_bench.data.streams import StreamSpec, build_stream  # noqa: E402
 from tta_bench.data.tensors import as_float  # noqa: E402
+from tta_bench.methods import method_class  # noqa: E402
 from tta_bench.methods.preparation import SourceData  # noqa: E402
 from tta_bench.runner import adapt_stream, open_segment  # noqa: E402
 
@@ -73,10 +76,16 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_ours(name: str, seed: int, args, bench, stream, source: SourceData) -> torch.Tensor:
+def ours_of(adapter, name: str) -> tuple[str, dict]:
+    """(tta_bench method, hparam overrides) behind a comparison name (the adapter's optional OURS)."""
+    return getattr(adapter, "OURS", {}).get(name, (name, {}))
+
+
+def run_ours(name: str, seed: int, args, bench, stream, source: SourceData, overrides: dict) -> torch.Tensor:
     """Predicted classes of the tta_bench method over the stream."""
     seed_all(seed)
-    method = tta_bench.create_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root))
+    method = tta_bench.create_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root),
+                                     **overrides)
     if method.needs_source:
         method.load_preparation(method.compute_preparation(source, progress=False))
         method.snapshot()
@@ -87,7 +96,8 @@ def run_ours(name: str, seed: int, args, bench, stream, source: SourceData) -> t
 
 def run_official(name: str, seed: int, adapter, checkout: Path, args, bench, stream, source) -> torch.Tensor:
     """Predicted classes of the official implementation over the same stream and batches."""
-    hparams = tta_bench.method_class(name).make_hparams("cifar")
+    method, overrides = ours_of(adapter, name)
+    hparams = method_class(method).make_hparams("cifar", **overrides)
     seed_all(seed)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
     official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, args.batch_size, seed))
@@ -155,7 +165,8 @@ def main() -> None:
     print(f"{args.setting}, shuffle={args.shuffle}, {args.n_examples} images/domain, batch {args.batch_size}")
     for name in methods:
         adapter, checkout = adapters[name]
-        runs = lambda seed: (run_ours(name, seed, args, bench, stream, source),  # noqa: E731
+        method, overrides = ours_of(adapter, name)
+        runs = lambda seed: (run_ours(method, seed, args, bench, stream, source, overrides),  # noqa: E731
                              run_official(name, seed, adapter, checkout, args, bench, stream, source))
         print(compare(name, name in adapter.STOCHASTIC, seeds, runs, labels, domains, len(stream.domains)), flush=True)
 
