@@ -1,32 +1,41 @@
 """Differential check against the official code on the same model, data and batch order.
 
-Runs methods through the tta_bench runner and through the official implementations, imported
-from checkouts that you provide (nothing of them is part of this project): `source`, `norm`,
-`tent` from DequanWang/tent (`--official`), `eta`, `eata` from mr-eggplant/EATA
-(`--official-eata`), on the digits_c stream, and reports the share of samples whose predicted
-class agrees and the largest per-domain error difference.
-Usage: python scripts/compare_official.py --official /path/to/tent [--official-eata /path/to/EATA]
-       [--setting continual] [--n-examples 2000]
+Runs methods through the tta_bench runner and through their official implementations, imported
+from checkouts that you provide (nothing of them is part of this project), on the digits_c stream.
+One adapter per official repository lives in `scripts/official/<short>.py`; pass its checkout as
+`--checkout <short>=PATH`. Deterministic methods are compared by the share of agreeing predicted
+classes and the largest per-domain error difference; stochastic ones (augmentations, random
+restores) by the mean error over `--seeds`. An adapter may map a comparison name to a tta_bench
+method with hparam overrides (`OURS`), e.g. to compare a variant with one term switched off.
+Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checkout eata=/path/to/EATA
+       [--methods tent,eata] [--seeds 1,2,3] [--setting continual] [--n-examples 2000]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
-import math
+import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import tta_bench
-from tta_bench.data.datasets import open_benchmark
-from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
-from tta_bench.data.streams import StreamSpec, build_stream
-from tta_bench.data.tensors import as_float
-from tta_bench.methods.preparation import SourceData
-from tta_bench.runner import adapt_stream, open_segment
+# Appended, not prepended: official checkouts have modules named like our adapters (tent.py).
+sys.path.append(str(Path(__file__).resolve().parent / "official"))
+
+import tta_bench  # noqa: E402
+from common import Context  # noqa: E402
+from tta_bench.data.datasets import open_benchmark  # noqa: E402
+from tta_bench.data.domains import BENCHMARK_CORRUPTIONS  # noqa: E402
+from tta_bench.data.streams import StreamSpec, build_stream  # noqa: E402
+from tta_bench.data.tensors import as_float  # noqa: E402
+from tta_bench.methods import method_class  # noqa: E402
+from tta_bench.methods.preparation import SourceData  # noqa: E402
+from tta_bench.runner import adapt_stream, open_segment  # noqa: E402
+
+ADAPTERS = Path(__file__).resolve().parent / "official"
 
 
 class Recorder:
@@ -45,60 +54,94 @@ class Recorder:
         self.method.reset()
 
 
-def official_method(name: str, model: torch.nn.Module, official, source) -> tuple[torch.nn.Module, bool]:
-    """The official set-up (tent's cifar10c.py, EATA's main.py) for `name`, and whether it has reset()."""
-    if name == "source":
-        return model.eval(), False
-    if name == "norm":
-        return official["norm"].Norm(model), True
-    if name == "tent":
-        model = official["tent"].configure_model(model)
-        params, _ = official["tent"].collect_params(model)
-        optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)  # cfgs/tent.yaml
-        return official["tent"].Tent(model, optimizer, steps=1, episodic=False), True
-    eata = official["eata"]
-    model = eata.configure_model(model)
-    params, _ = eata.collect_params(model)
-    fishers = eata_fishers(model, source) if name == "eata" else None
-    optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999))  # the CIFAR preset of tta_bench
-    return eata.EATA(model, optimizer, fishers, fisher_alpha=1.0, e_margin=0.4 * math.log(10), d_margin=0.4), True
+def load_adapters(checkouts: dict[str, str]) -> dict[str, tuple[object, Path]]:
+    """method name -> (adapter module, checkout path) for every adapter given a checkout."""
+    out = {}
+    for short, path in checkouts.items():
+        if not (ADAPTERS / f"{short}.py").is_file():
+            valid = sorted(p.stem for p in ADAPTERS.glob("*.py") if p.stem != "common")
+            sys.exit(f"error: no adapter scripts/official/{short}.py; valid: {', '.join(valid)}")
+        spec = importlib.util.spec_from_file_location(f"official_adapter_{short}", ADAPTERS / f"{short}.py")
+        adapter = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(adapter)
+        out.update({name: (adapter, Path(path)) for name in adapter.METHODS})
+    return out
 
 
-def eata_fishers(model: torch.nn.Module, source) -> dict:
-    """The Fisher loop of EATA's main.py, transcribed: batches of 64 of 2,000 clean images, CE against argmax."""
-    fishers, batches = {}, list(source.batches(64, torch.device("cpu")))
-    for it, (x, _) in enumerate(batches, start=1):
-        outputs = model(x)
-        torch.nn.functional.cross_entropy(outputs, outputs.max(1)[1]).backward()
-        for name, param in model.named_parameters():
-            if param.grad is not None:
-                fisher = param.grad.detach().clone() ** 2 + (fishers[name][0] if it > 1 else 0)
-                if it == len(batches):
-                    fisher = fisher / it
-                fishers[name] = [fisher, param.detach().clone()]
-        model.zero_grad()
-    return fishers
+def ours_for(adapter, name: str) -> tuple[str, dict]:
+    """The tta_bench method and hparam overrides behind comparison `name` (adapters may define `OURS`)."""
+    return getattr(adapter, "OURS", {}).get(name, (name, {}))
 
 
-def run_official(name, official, bench, stream, args, source) -> torch.Tensor:
-    """Predicted classes of the official implementation over the stream."""
+def seed_all(seed: int) -> None:
+    """Seed every generator the official code and ours may draw from."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_ours(name: str, seed: int, adapter, args, bench, stream, source: SourceData) -> torch.Tensor:
+    """Predicted classes of the tta_bench method over the stream."""
+    seed_all(seed)
+    method_name, overrides = ours_for(adapter, name)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
-    model, has_reset = official_method(name, model, official, source)
+    method = tta_bench.create_method(method_name, model, **overrides)
+    if method.needs_source:
+        method.load_preparation(method.compute_preparation(source, progress=False))
+        method.snapshot()
+    ours = Recorder(method)
+    adapt_stream(ours, bench, stream, args.batch_size, 10, torch.device("cpu"), progress=False)
+    return torch.cat(ours.predictions)
+
+
+def run_official(name: str, seed: int, adapter, checkout: Path, args, bench, stream, source) -> torch.Tensor:
+    """Predicted classes of the official implementation over the same stream and batches."""
+    method_name, overrides = ours_for(adapter, name)
+    hparams = method_class(method_name).make_hparams("cifar", **overrides)
+    seed_all(seed)
+    model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
+    official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, args.batch_size, seed))
     preds = []
     for segment in stream.segments:
-        if segment.reset and has_reset:
-            model.reset()
+        if segment.reset and hasattr(official, "reset"):
+            official.reset()
         for images in open_segment(bench, stream, segment, args.batch_size, torch.device("cpu")).batches:
-            with torch.no_grad() if name == "source" else torch.enable_grad():
-                preds.append(model(as_float(images)).argmax(1))
+            preds.append(official(as_float(images)).argmax(1))
     return torch.cat(preds)
 
 
+def domain_errors(preds: torch.Tensor, labels: torch.Tensor, domains: np.ndarray, n_domains: int) -> np.ndarray:
+    """Error of `preds` per domain."""
+    wrong = (preds != labels).numpy()
+    return np.array([wrong[domains == d].mean() for d in range(n_domains)])
+
+
+def compare(name: str, stochastic: bool, seeds: list[int], runs, labels, domains, n_domains: int) -> str:
+    """One report line: agreement and per-domain differences, or mean errors over seeds."""
+    if not stochastic:
+        mine, theirs = runs(seeds[0])
+        agree = (mine == theirs).float().mean().item()
+        e_ours, e_off = domain_errors(mine, labels, domains, n_domains), domain_errors(theirs, labels, domains, n_domains)
+        return (f"{name:<16} agreement {100 * agree:7.3f}%   mean error ours {100 * e_ours.mean():5.2f} official "
+                f"{100 * e_off.mean():5.2f}   max per-domain difference {100 * np.abs(e_ours - e_off).max():.2f} points")
+    ours, official = [], []
+    for seed in seeds:
+        mine, theirs = runs(seed)
+        ours.append(domain_errors(mine, labels, domains, n_domains).mean())
+        official.append(domain_errors(theirs, labels, domains, n_domains).mean())
+    per_seed = ", ".join(f"{100 * a:.2f}/{100 * b:.2f}" for a, b in zip(ours, official))
+    return (f"{name:<16} mean error over seeds {seeds}: ours {100 * np.mean(ours):5.2f} official "
+            f"{100 * np.mean(official):5.2f}   difference {100 * abs(np.mean(ours) - np.mean(official)):.2f} points"
+            f"   (per seed ours/official: {per_seed})")
+
+
 def main() -> None:
-    """Compare the three methods and print agreement and error differences."""
+    """Compare every requested method and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", required=True, help="checkout of github.com/DequanWang/tent")
-    parser.add_argument("--official-eata", help="checkout of github.com/mr-eggplant/EATA (adds eta, eata)")
+    parser.add_argument("--checkout", action="append", default=[], metavar="SHORT=PATH",
+                        help="an official checkout for scripts/official/SHORT.py (repeatable)")
+    parser.add_argument("--methods", help="comma-separated subset (default: every method of the adapters)")
+    parser.add_argument("--seeds", default="1", help="comma-separated; stochastic methods use all of them")
     parser.add_argument("--setting", default="continual")
     parser.add_argument("--n-examples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=200)
@@ -106,37 +149,25 @@ def main() -> None:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--model-dir", default="models")
     args = parser.parse_args()
-    sys.path.insert(0, args.official)
-    official = {m: importlib.import_module(m) for m in ("tent", "norm")}
-    methods = ["source", "norm", "tent"]
-    if args.official_eata:
-        spec = importlib.util.spec_from_file_location("official_eata", f"{args.official_eata}/eata.py")
-        official["eata"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(official["eata"])
-        methods += ["eta", "eata"]
+    adapters = load_adapters(dict(item.split("=", 1) for item in args.checkout))
+    methods = args.methods.split(",") if args.methods else list(adapters)
+    missing = [m for m in methods if m not in adapters]
+    if missing or not methods:
+        sys.exit(f"error: no checkout given for {missing or 'any method'}; pass --checkout SHORT=PATH")
     bench = open_benchmark("digits_c", args.data_root)
     spec = StreamSpec(args.setting, BENCHMARK_CORRUPTIONS, (5,), args.n_examples, seed=1, shuffle=args.shuffle)
     stream = build_stream(spec, bench.labels, 10)
     labels = torch.from_numpy(np.concatenate([bench.labels[s.rows] for s in stream.segments]))
     domains = np.concatenate([s.domain_ids for s in stream.segments])
+    images, train_labels = bench.load_clean("train")
+    source = SourceData(images, train_labels, "digits_c/train")
+    seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{args.setting}, shuffle={args.shuffle}, {args.n_examples} images/domain, batch {args.batch_size}")
-    images, labels_train = bench.load_clean("train")
-    source = SourceData(images[:2000], labels_train[:2000], "digits_c/train")
     for name in methods:
-        torch.manual_seed(1)
-        ours = Recorder(tta_bench.create_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root)))
-        if ours.method.needs_source:
-            ours.method.load_preparation(ours.method.compute_preparation(source, progress=False))
-            ours.method.snapshot()
-        adapt_stream(ours, bench, stream, args.batch_size, 10, torch.device("cpu"), progress=False)
-        mine, theirs = torch.cat(ours.predictions), run_official(name, official, bench, stream, args, source)
-        agree = (mine == theirs).float().mean().item()
-        err = lambda p, d: (p[domains == d] != labels[domains == d]).float().mean().item()  # noqa: E731
-        diffs = [abs(err(mine, d) - err(theirs, d)) for d in range(len(stream.domains))]
-        mean_ours = np.mean([err(mine, d) for d in range(len(stream.domains))])
-        mean_off = np.mean([err(theirs, d) for d in range(len(stream.domains))])
-        print(f"{name:<7} agreement {100 * agree:7.3f}%   mean error ours {100 * mean_ours:5.2f} "
-              f"official {100 * mean_off:5.2f}   max per-domain difference {100 * max(diffs):.2f} points")
+        adapter, checkout = adapters[name]
+        runs = lambda seed: (run_ours(name, seed, adapter, args, bench, stream, source),  # noqa: E731
+                             run_official(name, seed, adapter, checkout, args, bench, stream, source))
+        print(compare(name, name in adapter.STOCHASTIC, seeds, runs, labels, domains, len(stream.domains)), flush=True)
 
 
 if __name__ == "__main__":
