@@ -135,15 +135,31 @@ def test_recovery_when_the_loss_ema_drops_below_the_constant(tiny_model, resets_
     kept = tta_bench.create_method("sar", copy.deepcopy(tiny_model), e_margin_scale=1.0, reset_constant=0.0, **SGD)
     kept(x)
     assert bool(kept.has_ema) and int(kept.recoveries) == 0
-    method = tta_bench.create_method("sar", tiny_model, e_margin_scale=1.0, reset_constant=float(kept.loss_ema) + 1e-3,
+    constant = float(kept.loss_ema) + 1e-3
+    method = tta_bench.create_method("sar", tiny_model, e_margin_scale=1.0, reset_constant=constant,
                                      recovery_resets_momentum=resets_momentum, **SGD)
     initial = copy.deepcopy(method.state_dict())
     method(x)
     torch.testing.assert_close(method.state_dict()["model"], initial["model"])  # parameters recovered
-    assert not bool(method.has_ema) and int(method.recoveries) == 1
+    assert int(method.recoveries) == 1
     buf = method.optimizer.state[tiny_model.bn.weight]["momentum_buffer"]
     # The official recovery reloads the SAM wrapper's state only: SGD's momentum survives it.
     assert bool((buf == 0).all()) == resets_momentum
+    # Official: the average survives the recovery, so an unchanged loss recovers again.
+    assert bool(method.has_ema) and float(method.loss_ema) == float(kept.loss_ema)
+    method(x)
+    assert int(method.recoveries) == 2
+
+
+def test_recovery_clearing_the_ema_as_the_public_harness(tiny_model):
+    x = torch.rand(16, 3, 6, 6)
+    method = tta_bench.create_method("sar", tiny_model, e_margin_scale=1.0, reset_constant=10.0,
+                                     recovery_clears_ema=True, **SGD)
+    method(x)
+    assert int(method.recoveries) == 1 and not bool(method.has_ema)
+    method.hparams = dataclasses.replace(method.hparams, reset_constant=0.0)
+    method(x)  # a fresh average: the first loss as is
+    assert int(method.recoveries) == 1 and bool(method.has_ema)
 
 
 def test_empty_selection_gives_no_nan_and_the_momentum_step_still_runs(tiny_model):

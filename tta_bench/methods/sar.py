@@ -66,6 +66,7 @@ class SARHparams(OptimizerHparams):
     ema: float = 0.9  # moving average of the second loss
     reset_constant: float = 0.2  # recover when the moving average drops below this
     recovery_resets_momentum: bool = False  # official: the SGD momentum survives a recovery
+    recovery_clears_ema: bool = False  # official: the moving average survives a recovery
     lr_rule: LrRule = "fixed"
 
 
@@ -79,7 +80,7 @@ class SAR(Method):
     forward, keep the first selection's samples that again have H < E0, backward; restore w, base
     step. The second loss feeds a moving average (0.9/0.1, first value as is, batches with no
     selected sample skipped); when it falls below 0.2 the trained parameters return to their
-    post-set-up values and the average is cleared. Returns the first forward's logits (pre-update).
+    post-set-up values. Returns the first forward's logits (pre-update).
     Model set-up as the official `configure_model`: train mode, batch-statistics BatchNorm (running
     statistics dropped); LayerNorm/GroupNorm have no statistics and only their affine parameters are
     trained. Trained: norm affine parameters outside layer4 / blocks.9-11 / the final norm.
@@ -90,11 +91,16 @@ class SAR(Method):
     Empty selections: the official mean over no sample is NaN but its gradient is zero, so SAM does
     not move and the base optimizer still takes its momentum step; reproduced with a masked mean
     (no NaN anywhere). Everything, including the recovery decision, runs on the device: the
-    recovery is a `torch.where` between current and post-set-up parameters, so no host sync.
-    Recovery restores the official effective behaviour: the official code reloads the SAM
-    wrapper's state, which does not hold the base SGD's momentum buffers, so the momentum survives
-    (`recovery_resets_momentum=True` zeroes it instead, SGD only; equal to a fresh SGD for
-    dampening 0). `reset()` restores everything.
+    recovery is a `torch.where` between current and post-set-up parameters, so no host sync. The
+    average is kept in float64 as the official Python float; its input (a masked sum / count rather
+    than the mean of the compacted selection) can differ from the official value in the last bit.
+    Recovery follows what the official code effectively does, not what it intends: (1) it reloads
+    the SAM wrapper's optimizer state, which does not hold the base SGD's momentum buffers, so the
+    momentum survives (`recovery_resets_momentum=True` zeroes it, SGD only; equal to a fresh SGD
+    for dampening 0); (2) `SAR.forward` clears the average in `reset()` and then overwrites it with
+    the value computed before the recovery, so the average survives and the model recovers again at
+    every batch until the average climbs back over 0.2 (`recovery_clears_ema=True` clears it, as
+    the public harness does). `reset()` (the runner's) restores everything.
 
     Deviation: LayerNorm/GroupNorm/BatchNorm1d affine parameters are collected by the same rule as
     BatchNorm2d (the official code lists BN2d, LN, GN); identical for BN2d/LN/GN models.
@@ -179,8 +185,9 @@ class SAR(Method):
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if self.hparams.recovery_resets_momentum and buf is not None:
                 buf.copy_(torch.where(recover, torch.zeros_like(buf), buf))
-        self.has_ema = self.has_ema & ~recover
-        self.loss_ema = torch.where(recover, torch.zeros_like(self.loss_ema), self.loss_ema)
+        if self.hparams.recovery_clears_ema:
+            self.has_ema = self.has_ema & ~recover
+            self.loss_ema = torch.where(recover, torch.zeros_like(self.loss_ema), self.loss_ema)
         self.recoveries = self.recoveries + recover.long()
 
     def state_dict(self) -> dict[str, Any]:
