@@ -1,6 +1,6 @@
 """Test-time adaptation methods; importing this package registers every built-in method."""
 
-from tta_bench.methods import eata, norm, rdumb, source, tent  # noqa: F401  (registration side effect)
+from tta_bench.methods import eata, norm, rdumb, rotta, source, tent  # noqa: F401  (registration side effect)
 from tta_bench.methods.base import Method
 from tta_bench.methods.registry import (
     create_method,
