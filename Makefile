@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-full describe bench clean
+.PHONY: help install run test test-full describe bench paper-tables clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ describe: install ## print the embedded benchmark's required properties
 
 bench: install ## runner overhead vs a bare loop (figures in README)
 	$(PY) scripts/bench_overhead.py
+
+RESULTS_DIR ?= results
+paper-tables: install ## tables (.md/.tex) and plots from finished runs; RESULTS_DIR=<dir>, ARGS="dataset=digits_c setting=continual"
+	$(PY) scripts/paper_tables.py --results-dir $(RESULTS_DIR) $(ARGS)
 
 clean: ## remove the venv, results and caches (not data/ or models/)
 	rm -rf $(VENV) results .pytest_cache

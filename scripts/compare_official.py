@@ -5,7 +5,10 @@ from checkouts that you provide (nothing of them is part of this project), on th
 One adapter per official repository lives in `scripts/official/<short>.py`; pass its checkout as
 `--checkout <short>=PATH`. Deterministic methods are compared by the share of agreeing predicted
 classes and the largest per-domain error difference; stochastic ones (augmentations, random
-restores) by the mean error over `--seeds`.
+restores) by the mean error over `--seeds`. An adapter may map a comparison name to a tta_bench
+method with hparam overrides (`OURS`), e.g. to compare a variant with one term switched off.
+Both sides use `--batch-size` unless the method fixes its own batch size (a `batch_size`
+hyperparameter, e.g. BN-alpha's 1), which then applies to both.
 Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checkout eata=/path/to/EATA
        [--methods tent,eata] [--seeds 1,2,3] [--setting continual] [--n-examples 2000]
 """
@@ -30,6 +33,8 @@ from tta_bench.data.datasets import open_benchmark  # noqa: E402
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS  # noqa: E402
 from tta_bench.data.streams import StreamSpec, build_stream  # noqa: E402
 from tta_bench.data.tensors import as_float  # noqa: E402
+from tta_bench.methods import method_class  # noqa: E402
+from tta_bench.methods.base import effective_batch_size  # noqa: E402
 from tta_bench.methods.preparation import SourceData  # noqa: E402
 from tta_bench.runner import adapt_stream, open_segment  # noqa: E402
 
@@ -66,6 +71,11 @@ def load_adapters(checkouts: dict[str, str]) -> dict[str, tuple[object, Path]]:
     return out
 
 
+def ours_for(adapter, name: str) -> tuple[str, dict]:
+    """The tta_bench method and hparam overrides behind comparison `name` (adapters may define `OURS`)."""
+    return getattr(adapter, "OURS", {}).get(name, (name, {}))
+
+
 def seed_all(seed: int) -> None:
     """Seed every generator the official code and ours may draw from."""
     random.seed(seed)
@@ -73,29 +83,36 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_ours(name: str, seed: int, args, bench, stream, source: SourceData) -> torch.Tensor:
+def run_ours(name: str, seed: int, adapter, args, bench, stream, source: SourceData) -> torch.Tensor:
     """Predicted classes of the tta_bench method over the stream."""
     seed_all(seed)
-    method = tta_bench.create_method(name, tta_bench.create_model("digits_c", args.model_dir, args.data_root))
+    method_name, overrides = ours_for(adapter, name)
+    model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
+    method = tta_bench.create_method(method_name, model, **overrides)
     if method.needs_source:
         method.load_preparation(method.compute_preparation(source, progress=False))
         method.snapshot()
     ours = Recorder(method)
-    adapt_stream(ours, bench, stream, args.batch_size, 10, torch.device("cpu"), progress=False)
+    batch_size = effective_batch_size(method.hparams, args.batch_size)
+    adapt_stream(ours, bench, stream, batch_size, 10, torch.device("cpu"), progress=False)
     return torch.cat(ours.predictions)
 
 
 def run_official(name: str, seed: int, adapter, checkout: Path, args, bench, stream, source) -> torch.Tensor:
     """Predicted classes of the official implementation over the same stream and batches."""
-    hparams = tta_bench.method_class(name).make_hparams("cifar")
+    method_name, overrides = ours_for(adapter, name)
+    hparams = method_class(method_name).make_hparams("cifar", **overrides)
+    batch_size = effective_batch_size(hparams, args.batch_size)
+    if batch_size != args.batch_size:
+        print(f"{name}: batch {batch_size} on both sides (the method's own batch size)", flush=True)
     seed_all(seed)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
-    official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, args.batch_size, seed))
+    official = adapter.METHODS[name](name, model, checkout, Context(hparams, source, 10, batch_size, seed))
     preds = []
     for segment in stream.segments:
         if segment.reset and hasattr(official, "reset"):
             official.reset()
-        for images in open_segment(bench, stream, segment, args.batch_size, torch.device("cpu")).batches:
+        for images in open_segment(bench, stream, segment, batch_size, torch.device("cpu")).batches:
             preds.append(official(as_float(images)).argmax(1))
     return torch.cat(preds)
 
@@ -155,7 +172,7 @@ def main() -> None:
     print(f"{args.setting}, shuffle={args.shuffle}, {args.n_examples} images/domain, batch {args.batch_size}")
     for name in methods:
         adapter, checkout = adapters[name]
-        runs = lambda seed: (run_ours(name, seed, args, bench, stream, source),  # noqa: E731
+        runs = lambda seed: (run_ours(name, seed, adapter, args, bench, stream, source),  # noqa: E731
                              run_official(name, seed, adapter, checkout, args, bench, stream, source))
         print(compare(name, name in adapter.STOCHASTIC, seeds, runs, labels, domains, len(stream.domains)), flush=True)
 

@@ -61,3 +61,20 @@ def test_nonfinite_outputs_are_counted():
     m = DomainMetrics(1, 2, torch.device("cpu"))
     m.update(torch.tensor([[float("nan"), 0.0], [1.0, 0.0]]), torch.tensor([0, 0]), torch.tensor([0, 0]))
     assert m.compute()["nonfinite_share"][0] == pytest.approx(0.5)
+
+
+def test_reliability_bins_pool_all_domains_and_reproduce_the_pooled_ece():
+    torch.manual_seed(0)
+    metrics = DomainMetrics(2, 4, torch.device("cpu"))
+    logits, labels = torch.randn(50, 4) * 2, torch.randint(0, 4, (50,))
+    metrics.update(logits, labels, torch.arange(50) % 2)
+    out = metrics.compute()
+    count, conf, acc = out["reliability_count"], out["reliability_confidence"], out["reliability_accuracy"]
+    assert count.shape == (15,) and count.sum() == 50
+    filled = count > 0
+    pooled_ece = (np.abs(conf[filled] - acc[filled]) * count[filled]).sum() / 50
+    assert math.isclose(pooled_ece, out["ece"][-1], rel_tol=1e-9)
+    probs = logits.softmax(1)
+    correct = probs.argmax(1).eq(labels).double()
+    k = confidence_bins(probs.max(1).values)
+    assert math.isclose(acc[int(k[0])], correct[k == k[0]].mean().item(), rel_tol=1e-9)

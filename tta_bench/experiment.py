@@ -18,7 +18,7 @@ from tta_bench.data.streams import Segment, Stream, StreamSpec, build_stream, pa
 from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.errors import ConfigError, DataNotFoundError
 from tta_bench.methods import method_class
-from tta_bench.methods.base import Hparams, Method
+from tta_bench.methods.base import Hparams, Method, effective_batch_size
 from tta_bench.methods.preparation import SourceData, prepare_method
 from tta_bench.models import create_model, weights_fingerprint
 from tta_bench.records import cost_rows, curve_rows, metric_rows
@@ -66,7 +66,7 @@ class Experiment:
     bench: Benchmark
     stream: Stream
     device: torch.device
-    batch_size: int
+    batch_size: int  # effective: the method's own batch_size hyperparameter when set, else data.batch_size
 
 
 def resolve(cfg: DictConfig) -> tuple[dict[str, Any], Hparams]:
@@ -78,6 +78,7 @@ def resolve(cfg: DictConfig) -> tuple[dict[str, Any], Hparams]:
     config["method"].update(dataclasses.asdict(hparams))
     if int(cfg.data.batch_size) < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    effective_batch_size(hparams, cfg.data.batch_size)
     parse_setting(cfg.data.setting)
     return config, hparams
 
@@ -92,7 +93,7 @@ def open_experiment(cfg: DictConfig) -> tuple[Experiment, Hparams]:
                            int(cfg.data.n_examples), cfg.data.get("image_list"), int(cfg.data.get("loader_workers", 4)))
     stream = build_stream(stream_spec(cfg.data, int(cfg.seed)), bench.labels, info.num_classes)
     exp = Experiment(config, run_id, run_dir_of(cfg.results_dir, run_id), info, bench, stream, device,
-                     int(cfg.data.batch_size))
+                     effective_batch_size(hparams, cfg.data.batch_size))
     return exp, hparams
 
 
@@ -183,7 +184,7 @@ def _id_columns(exp: Experiment, model: torch.nn.Module, weights: str) -> dict[s
     return {
         "run_id": exp.run_id, "method": c["method"]["name"], "model": c["model"]["name"],
         "dataset": exp.info.name, "setting": c["data"]["setting"], "seed": int(c["seed"]),
-        "batch_size": int(c["data"]["batch_size"]), "n_examples": int(c["data"]["n_examples"]),
+        "batch_size": exp.batch_size, "n_examples": int(c["data"]["n_examples"]),
         "weights": getattr(model, "weights_id", c["model"]["name"]), "weights_sha256": weights,
         "device": str(exp.device), "torch_version": torch.__version__,
         "model_parameters": sum(p.numel() for p in model.parameters()),

@@ -63,7 +63,9 @@ class DomainMetrics:
     def compute(self) -> dict[str, np.ndarray]:
         """Metric arrays of length n_domains + 1 on the host (last entry: all samples together).
 
-        One device-to-host copy; domains without samples give NaN.
+        One device-to-host copy; domains without samples give NaN. `reliability_*` are per
+        confidence bin over all samples (sample count, mean confidence, accuracy) for reliability
+        diagrams.
         """
         packed = torch.cat([self.sums.flatten(), self.bin_count, self.bin_conf,
                             self.bin_correct, self.pred_count]).cpu().numpy()
@@ -82,6 +84,9 @@ class DomainMetrics:
                 "ece": np.abs(conf - correct).sum(1) / n,
                 "collapse_share": preds.max(1) / n,
                 "nonfinite_share": sums[4] / n,
+                "reliability_count": count[-1],
+                "reliability_confidence": conf[-1] / count[-1],
+                "reliability_accuracy": correct[-1] / count[-1],
             }
 
 

@@ -11,6 +11,7 @@ from tta_bench.data.streams import Stream
 from tta_bench.runner import StreamResult
 
 DOMAIN_METRICS = ("error", "nll", "brier", "ece", "n_samples", "collapse_share", "nonfinite_share")
+RELIABILITY = ("reliability_count", "reliability_confidence", "reliability_accuracy")
 ALL = "all"
 
 
@@ -37,6 +38,7 @@ def metric_rows(ids: dict[str, Any], stream: Stream, per_domain: dict[str, np.nd
                      for c, n in enumerate(stream.class_counts[d.index])]
     rows += [_run_level(m, per_domain[m][-1]) for m in DOMAIN_METRICS]
     rows.append(_run_level("mean_error", np.nanmean(per_domain["error"][:-1])))
+    rows += [_run_level(f"{m}_{k}", v) for m in RELIABILITY for k, v in enumerate(per_domain[m])]
     rows += [_run_level(k, v) for k, v in forgetting.items()]
     return _frame(ids, rows)
 

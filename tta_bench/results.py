@@ -39,7 +39,7 @@ def run_dir_of(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / "runs" / run_id
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through `write(tmp_path)` to a temp file in the same folder, then rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -53,7 +53,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def start_record(run_dir: Path) -> None:
@@ -65,7 +65,7 @@ def start_record(run_dir: Path) -> None:
 def write_record(run_dir: Path, tables: dict[str, pd.DataFrame], config_yaml: str) -> None:
     """Write every table and the config atomically, then the `done` marker."""
     for name, df in tables.items():
-        _atomic_write(run_dir / f"{name}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False))
+        atomic_write(run_dir / f"{name}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False))
     atomic_write_text(run_dir / "config.yaml", config_yaml)
     atomic_write_text(run_dir / "done", pd.Timestamp.now(tz="UTC").isoformat() + "\n")
 

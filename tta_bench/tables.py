@@ -9,7 +9,7 @@ import pandas as pd
 PERCENT_METRICS = ("error", "ece", "collapse_share", "nonfinite_share")
 
 
-def _domain_labels(df: pd.DataFrame) -> pd.Series:
+def domain_labels(df: pd.DataFrame) -> pd.Series:
     """`fog`; `fog@3` when a stream has several severities; ` r2` for recurring rounds; ` (2)` for a
     second visit of the same domain (gradual streams go up and down the severities)."""
     several = df["severity"].nunique() > 1
@@ -22,7 +22,7 @@ def _domain_labels(df: pd.DataFrame) -> pd.Series:
 def domain_table(metrics: pd.DataFrame, columns: Sequence[str] = ("error", "ece")) -> pd.DataFrame:
     """Rows = domains in stream order plus `mean`; columns = metrics (percent where applicable)."""
     per_domain = metrics[(metrics["domain_index"] >= 0) & metrics["metric"].isin(columns)].copy()
-    per_domain["label"] = _domain_labels(per_domain)
+    per_domain["label"] = domain_labels(per_domain)
     table = per_domain.pivot_table(index=["domain_index", "label"], columns="metric", values="value", sort=True)
     table = table.droplevel(0)[list(columns)]
     table.loc["mean"] = table.mean()

@@ -1,6 +1,8 @@
 """Test-time adaptation methods; importing this package registers every built-in method."""
 
-from tta_bench.methods import eata, norm, rdumb, rotta, source, tent  # noqa: F401  (registration side effect)
+from tta_bench.methods import (  # noqa: F401  (registration side effect)
+    bn_alpha, deyo, eata, lame, norm, rdumb, roid, rotta, sar, source, tent,
+)
 from tta_bench.methods.base import Method
 from tta_bench.methods.registry import (
     create_method,

@@ -18,7 +18,12 @@ OptimizerName = Literal["adam", "sgd"]
 
 @dataclass(frozen=True)
 class Hparams:
-    """Hyperparameters shared by every method (none); subclasses add fields."""
+    """Hyperparameters shared by every method (none); subclasses add fields.
+
+    A method whose official set-up fixes its own batch size (BN-alpha: 1) adds a field
+    `batch_size: int | None`; when it is not None the runner uses it instead of data.batch_size
+    (see `effective_batch_size`).
+    """
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,15 @@ class OptimizerHparams(Hparams):
     nesterov: bool = False
     weight_decay: float = 0.0
     steps: int = 1
+
+
+def effective_batch_size(hparams: Hparams, data_batch_size: int) -> int:
+    """The method's own `batch_size` hyperparameter when it has one that is set, else the data's."""
+    own = getattr(hparams, "batch_size", None)
+    size = int(data_batch_size if own is None else own)
+    if size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {size}")
+    return size
 
 
 def build_optimizer(params: list[nn.Parameter], hp: OptimizerHparams) -> torch.optim.Optimizer:

@@ -30,3 +30,20 @@ def norm_affine_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
                 if pname in ("weight", "bias"):
                     out.append((f"{module_name}.{pname}", p))
     return out
+
+
+# SAR (mr-eggplant/SAR `collect_params`) leaves the top of the network frozen: ResNet's layer4,
+# ViT-B's last three blocks and the final norm. DeYO copies the rule.
+SAR_EXCLUDED_SUBSTRINGS = ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.")
+
+
+def sar_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Norm affine parameters except in modules named like layer4, blocks.9-11, norm.* or exactly norm.
+
+    The test is the official substring match on the module name (so "blocks.9" also matches
+    "blocks.90"; "norm." matches any module nested under a module called ...norm).
+    """
+    def excluded(module_name: str) -> bool:
+        return module_name == "norm" or any(s in module_name for s in SAR_EXCLUDED_SUBSTRINGS)
+
+    return [(n, p) for n, p in norm_affine_parameters(model) if not excluded(n.rsplit(".", 1)[0])]
