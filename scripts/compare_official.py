@@ -90,6 +90,7 @@ def run_ours(name: str, seed: int, adapter, args, bench, stream, source: SourceD
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
     method = tta_bench.create_method(method_name, model, **overrides)
     if method.needs_source:
+        method.attach_source(source)
         method.load_preparation(method.compute_preparation(source, progress=False))
         method.snapshot()
     ours = Recorder(method)
