@@ -117,8 +117,10 @@ class RMT(Method):
     source epochs. CIFAR: Adam 1e-3, batch 200; ImageNet: SGD 0.01 momentum 0.9 nesterov, batch 64.
 
     Deviations: the source set is what the benchmark's clean train split provides (ImageNet: at most
-    5,000 images held in memory, not the full train set); the replay position and the projector's
-    random init are not part of the cached preparation (the warm-up does not change the projector).
+    5,000 images held in memory, not the full train set); replay starts a fresh shuffled epoch after
+    set-up (the official loader iterator continues the warm-up's epoch unless the warm-up checkpoint is
+    loaded) and its position is not reset state; the projector's random init is not part of the cached
+    preparation (the warm-up does not change it). Source batches are drawn on the device.
     """
 
     Hparams = RMTHparams
