@@ -16,9 +16,12 @@ Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checko
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +38,13 @@ from tta_bench.data.streams import StreamSpec, build_stream  # noqa: E402
 from tta_bench.data.tensors import as_float  # noqa: E402
 from tta_bench.methods import method_class  # noqa: E402
 from tta_bench.methods.base import effective_batch_size  # noqa: E402
-from tta_bench.methods.preparation import SourceData  # noqa: E402
+from tta_bench.methods.preparation import SourceData, prepare_method  # noqa: E402
+from tta_bench.models import weights_fingerprint  # noqa: E402
 from tta_bench.runner import adapt_stream, open_segment  # noqa: E402
 
 ADAPTERS = Path(__file__).resolve().parent / "official"
+PREPARATION_CACHE = Path(tempfile.mkdtemp(prefix="compare_official_preparation_"))
+atexit.register(shutil.rmtree, PREPARATION_CACHE, True)
 
 
 class Recorder:
@@ -88,10 +94,10 @@ def run_ours(name: str, seed: int, adapter, args, bench, stream, source: SourceD
     seed_all(seed)
     method_name, overrides = ours_for(adapter, name)
     model = tta_bench.create_model("digits_c", args.model_dir, args.data_root)
+    weights = weights_fingerprint(model)
     method = tta_bench.create_method(method_name, model, **overrides)
     if method.needs_source:
-        method.load_preparation(method.compute_preparation(source, progress=False))
-        method.snapshot()
+        prepare_method(method, source, PREPARATION_CACHE, weights, progress=False)
     ours = Recorder(method)
     batch_size = effective_batch_size(method.hparams, args.batch_size)
     adapt_stream(ours, bench, stream, batch_size, 10, torch.device("cpu"), progress=False)

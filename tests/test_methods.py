@@ -6,6 +6,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,6 +14,7 @@ import yaml
 import tta_bench
 from tta_bench.errors import ConfigError
 from tta_bench.methods import method_class
+from tta_bench.methods.preparation import SourceData, prepare_method
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
 
@@ -31,8 +33,12 @@ def test_config_fields_match_hparams(name):
 
 @pytest.mark.parametrize("name", tta_bench.list_methods())
 @pytest.mark.parametrize("family", ["cifar", "imagenet"])
-def test_every_method_runs_and_resets(name, family, tiny_model):
+def test_every_method_runs_and_resets(name, family, tiny_model, tmp_path):
     method = tta_bench.create_method(name, tiny_model, family=family)
+    if method.needs_source:  # the runner's preparation step, on a toy source set with every class
+        rng = np.random.default_rng(0)
+        toy = SourceData(rng.integers(0, 256, (12, 6, 6, 3), dtype=np.uint8), np.arange(12) % 3, "toy/train")
+        prepare_method(method, toy, tmp_path, weights_hash="toy", progress=False)
     before = copy.deepcopy(method.state_dict())
     x = torch.rand(8, 3, 6, 6)
     out = method(x)

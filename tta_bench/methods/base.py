@@ -145,3 +145,10 @@ class Method:
     def load_preparation(self, artefacts: dict[str, torch.Tensor]) -> None:
         """Install cached artefacts; the runner snapshots the state afterwards."""
         raise NotImplementedError(f"method {self.name} has no preparation step")
+
+    def attach_source(self, source: Any) -> None:
+        """Receive the labelled source data for use while adapting (e.g. RMT's source replay).
+
+        Called by the runner for `needs_source` methods before the preparation is installed, whether
+        the artefacts are computed or loaded from the cache. Default: the data is not kept.
+        """

@@ -46,7 +46,8 @@ def preparation_key(method: Method, weights_hash: str, source_name: str) -> str:
 
 def prepare_method(method: Method, source: SourceData, cache_dir: Path, weights_hash: str,
                    progress: bool = True) -> Path:
-    """Load or compute the method's artefacts, install them and snapshot the resulting state."""
+    """Give the method the source data, load or compute its artefacts, install them, snapshot the state."""
+    method.attach_source(source)
     path = Path(cache_dir) / f"{method.name}-{preparation_key(method, weights_hash, source.name)}.pt"
     if path.is_file():
         artefacts = torch.load(path, map_location="cpu", weights_only=True)
