@@ -3,10 +3,11 @@
 Runs methods through the tta_bench runner and through their official implementations, imported
 from checkouts that you provide (nothing of them is part of this project), on the digits_c stream.
 One adapter per official repository lives in `scripts/official/<short>.py`; pass its checkout as
-`--checkout <short>=PATH`. Deterministic methods are compared by the share of agreeing predicted
-classes and the largest per-domain error difference; stochastic ones (augmentations, random
-restores) by the mean error over `--seeds`. An adapter may map a comparison name to a tta_bench
-method with hparam overrides (`OURS`), e.g. to compare a variant with one term switched off.
+`--checkout <short>=PATH` (`common.py` and `*_common.py`, helpers shared by adapters, are not
+adapters). Deterministic methods are compared by the share of agreeing predicted classes and the
+largest per-domain error difference; stochastic ones (augmentations, random restores) by the mean
+error over `--seeds`. An adapter may map a comparison name to a tta_bench method with hparam
+overrides (`OURS`), e.g. to compare a variant with one term switched off.
 Both sides use `--batch-size` unless the method fixes its own batch size (a `batch_size`
 hyperparameter, e.g. BN-alpha's 1), which then applies to both.
 Usage: python scripts/compare_official.py --checkout tent=/path/to/tent --checkout eata=/path/to/EATA
@@ -63,12 +64,17 @@ class Recorder:
         self.method.reset()
 
 
+def is_adapter(path: Path) -> bool:
+    """Whether scripts/official/<path> is an adapter (not common.py or a shared `*_common.py` helper)."""
+    return path.is_file() and path.stem != "common" and not path.stem.endswith("_common")
+
+
 def load_adapters(checkouts: dict[str, str]) -> dict[str, tuple[object, Path]]:
     """method name -> (adapter module, checkout path) for every adapter given a checkout."""
     out = {}
     for short, path in checkouts.items():
-        if not (ADAPTERS / f"{short}.py").is_file():
-            valid = sorted(p.stem for p in ADAPTERS.glob("*.py") if p.stem != "common")
+        if not is_adapter(ADAPTERS / f"{short}.py"):
+            valid = sorted(p.stem for p in ADAPTERS.glob("*.py") if is_adapter(p))
             sys.exit(f"error: no adapter scripts/official/{short}.py; valid: {', '.join(valid)}")
         spec = importlib.util.spec_from_file_location(f"official_adapter_{short}", ADAPTERS / f"{short}.py")
         adapter = importlib.util.module_from_spec(spec)
