@@ -126,6 +126,20 @@ def test_confident_batches_take_one_plain_teacher_pass(tiny_model):
     assert calls[0] == 1
 
 
+@pytest.mark.parametrize("hp", [CONFIDENT, UNSURE])
+def test_augment_always_runs_the_passes_and_returns_the_same_choice(tiny_model, hp):
+    other = copy.deepcopy(tiny_model)
+    always = tta_bench.create_method("cotta", tiny_model, n_augmentations=3, augment_always=True, **hp)
+    default = tta_bench.create_method("cotta", other, n_augmentations=3, **hp)
+    calls = _count_teacher_calls(always)
+    x = torch.rand(8, 3, 6, 6)
+    torch.manual_seed(4)
+    out = always(x)
+    torch.manual_seed(4)
+    torch.testing.assert_close(out, default(x))
+    assert calls[0] == 4  # the plain pass and 3 augmented passes, whichever is returned
+
+
 def test_reset_restores_student_teacher_anchor_and_optimizer(tiny_model):
     original = copy.deepcopy(tiny_model)
     method = tta_bench.create_method("cotta", tiny_model, n_augmentations=2, rst=0.1, **UNSURE)

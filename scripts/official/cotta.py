@@ -9,6 +9,11 @@ Two runtime patches, neither touching the checkout's files or its algorithm:
   the tensor itself, so it runs on the CPU.
 The transform's hard-coded img_shape (32, 32) matches the 32x32 digits_c images, so it is left as is.
 The official CIFAR code always uses soft CE and 32 augmentations; tta_bench's cifar preset matches.
+
+Two comparison names: `cotta` (tta_bench's default, which skips the augmented teacher passes on
+confident batches: compared by mean error over seeds) and `cotta_exact` (tta_bench's cotta with
+`augment_always=True`, which runs them on every batch as the official CIFAR code and so draws the same
+random numbers in the same order on the CPU: compared prediction by prediction).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from common import Context
 
 CHECKOUT = "qinenergy/cotta"
 STOCHASTIC = {"cotta"}
+OURS = {"cotta_exact": ("cotta", {"augment_always": True})}
 
 
 def _random_affine(*args: Any, resample: Any = None, fillcolor: Any = None, **kwargs: Any) -> tv_transforms.RandomAffine:
@@ -84,4 +90,4 @@ def setup(name: str, model: torch.nn.Module, checkout: Path, ctx: Context) -> Of
                                      mt_alpha=hp.mt, rst_m=hp.rst, ap=hp.ap))
 
 
-METHODS = {"cotta": setup}
+METHODS = {"cotta": setup, "cotta_exact": setup}
