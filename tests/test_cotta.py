@@ -52,6 +52,7 @@ def test_presets():
     assert (imagenet.optimizer, imagenet.lr, imagenet.momentum, imagenet.nesterov) == ("sgd", 0.01, 0.9, True)
     assert (imagenet.mt, imagenet.rst, imagenet.ap, imagenet.loss) == (0.999, 0.001, 0.1, "symmetric_ce")
     assert cifar.n_augmentations == imagenet.n_augmentations == 32
+    assert cifar.augment_always and not imagenet.augment_always  # official CIFAR vs ImageNet code
 
 
 def _hand_step(student, teacher, x, loss_fn, step_fn, mt):
@@ -105,7 +106,7 @@ def _count_teacher_calls(method) -> list[int]:
 
 
 def test_unsure_batches_average_n_augmented_teacher_passes(tiny_model):
-    method = tta_bench.create_method("cotta", tiny_model, n_augmentations=5, **UNSURE)
+    method = tta_bench.create_method("cotta", tiny_model, n_augmentations=5, augment_always=False, **UNSURE)
     teacher = copy.deepcopy(method.teacher)
     calls = _count_teacher_calls(method)
     x = torch.rand(8, 3, 6, 6)
@@ -120,7 +121,7 @@ def test_unsure_batches_average_n_augmented_teacher_passes(tiny_model):
 
 
 def test_confident_batches_take_one_plain_teacher_pass(tiny_model):
-    method = tta_bench.create_method("cotta", tiny_model, **CONFIDENT)
+    method = tta_bench.create_method("cotta", tiny_model, augment_always=False, **CONFIDENT)
     calls = _count_teacher_calls(method)
     method(torch.rand(8, 3, 6, 6))
     assert calls[0] == 1
@@ -130,13 +131,13 @@ def test_confident_batches_take_one_plain_teacher_pass(tiny_model):
 def test_augment_always_runs_the_passes_and_returns_the_same_choice(tiny_model, hp):
     other = copy.deepcopy(tiny_model)
     always = tta_bench.create_method("cotta", tiny_model, n_augmentations=3, augment_always=True, **hp)
-    default = tta_bench.create_method("cotta", other, n_augmentations=3, **hp)
+    skipping = tta_bench.create_method("cotta", other, n_augmentations=3, augment_always=False, **hp)
     calls = _count_teacher_calls(always)
     x = torch.rand(8, 3, 6, 6)
     torch.manual_seed(4)
     out = always(x)
     torch.manual_seed(4)
-    torch.testing.assert_close(out, default(x))
+    torch.testing.assert_close(out, skipping(x))
     assert calls[0] == 4  # the plain pass and 3 augmented passes, whichever is returned
 
 

@@ -53,27 +53,24 @@ class CoTTA(Method):
     CIFAR-100: the official cifar100 cfg uses AP 0.72 (everything else as CIFAR-10); tta_bench has
     one "cifar" family with the CIFAR-10 values, so set `method.ap=0.72` for CIFAR-100-C.
 
-    Host sync: by default the branch on conf < AP is one host sync per batch. It is kept because it
-    skips the `n_augmentations` teacher passes on confident batches (the official ImageNet code and
-    the public harness skip them too). The official CIFAR code computes them on every batch and
-    discards them when confident: `augment_always=True` does the same, without the host sync
-    (`torch.where` on the device), at 32 passes per batch; it gives the same results in distribution
-    and, on the CPU, consumes the random stream exactly as the official CIFAR code does (used by the
-    exact official comparison `cotta_exact`).
+    Augmented passes on confident batches (`augment_always`): the official CIFAR code computes them on
+    every batch and discards them when confident; the cifar preset does the same (True): the choice
+    is a `torch.where` on the device, no host sync, and on the CPU the random stream is consumed
+    exactly as the official code does, so outputs match it to float precision. The official ImageNet
+    code (and the public harness) skips them on confident batches; the imagenet preset does the same
+    (False), which costs one host sync per batch (the branch on conf < AP) and saves the passes.
 
     Deviations: the augmentations run batched on the device (torchvision's tensor functional ops,
-    `augment.py`) and the restore masks are drawn on the parameter's device; by default the augmented
-    passes are skipped on confident batches. Only the random stream differs from the official one
-    (same distributions); on the CPU with `augment_always=True` it is the official CIFAR stream, and
-    the outputs match the official code to float precision. `predict` (frozen evaluation without
+    `augment.py`) and the restore masks are drawn on the parameter's device; on CUDA the random
+    stream therefore differs from the official one (same distributions). `predict` (frozen evaluation without
     update) is one plain teacher pass.
     """
 
     Hparams = CoTTAHparams
     PRESETS = {
-        "cifar": dict(optimizer="adam", lr=1e-3, mt=0.999, rst=0.01, ap=0.92, loss="soft_ce"),
+        "cifar": dict(optimizer="adam", lr=1e-3, mt=0.999, rst=0.01, ap=0.92, loss="soft_ce", augment_always=True),
         "imagenet": dict(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, mt=0.999, rst=0.001, ap=0.1,
-                         loss="symmetric_ce"),
+                         loss="symmetric_ce", augment_always=False),
     }
 
     def configure_model(self) -> None:
