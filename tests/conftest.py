@@ -25,6 +25,17 @@ class TinyNet(nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
+def batch_stats_copy(model: nn.Module) -> nn.Module:
+    """A copy in train mode whose BatchNorm layers use batch statistics only (reference computations)."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats, m.running_mean, m.running_var = False, None, None
+    return model
+
+
 @pytest.fixture
 def tiny_model() -> TinyNet:
     """A TinyNet with non-trivial BN running statistics."""

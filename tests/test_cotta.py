@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tta_bench
+from conftest import batch_stats_copy
 from tta_bench.methods import method_class
 from tta_bench.methods.augment import CoTTAAugment
 from tta_bench.methods.losses import soft_cross_entropy, symmetric_cross_entropy
@@ -15,14 +16,6 @@ from tta_bench.methods.losses import soft_cross_entropy, symmetric_cross_entropy
 CONFIDENT = dict(ap=0.0)  # mean confidence is never below 0: always the plain teacher pass
 UNSURE = dict(ap=1.1)  # always below: always the augmentation mean
 
-
-def _batch_stats(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy in train mode whose BN layers use batch statistics only."""
-    model = copy.deepcopy(model).train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.track_running_stats, m.running_mean, m.running_var = False, None, None
-    return model
 
 
 def _perturb_teacher(method) -> None:
@@ -57,7 +50,7 @@ def test_presets():
 
 def _hand_step(student, teacher, x, loss_fn, step_fn, mt):
     """Expected (output, student after the step, teacher after the EMA) of one plain-teacher step."""
-    student, teacher = _batch_stats(student), _batch_stats(teacher)
+    student, teacher = batch_stats_copy(student), batch_stats_copy(teacher)
     params = dict(student.named_parameters())
     with torch.no_grad():
         target = teacher(x)

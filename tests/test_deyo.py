@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import tta_bench
+from conftest import batch_stats_copy
 from tta_bench.methods import method_class
 from tta_bench.methods.deyo import occlude, patch_shuffle, pixel_shuffle
 from tta_bench.methods.losses import softmax_entropy
@@ -60,17 +60,10 @@ def test_pixel_shuffle_and_occlusion():
     torch.testing.assert_close(occ[:, :, :2], x[:, :, :2])
 
 
-def _batch_stats(model: nn.Module) -> nn.Module:
-    model = copy.deepcopy(model).train()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.track_running_stats, m.running_mean, m.running_var = False, None, None
-    return model
-
 
 def _deyo_by_hand(model, x, margin, tau, e0, lr, seed):
     """DeYO's step with explicit formulas: (logits, new BN weight, new BN bias, S1 size, S2 size)."""
-    ref = _batch_stats(model)
+    ref = batch_stats_copy(model)
     out = ref(x)
     h = softmax_entropy(out)
     s1 = torch.where(h < margin)[0]
@@ -92,10 +85,10 @@ def test_selection_plpd_and_weights_match_hand_computation(tiny_model):
         tiny_model.fc.weight *= 8  # spread entropies and PLPDs
     x = torch.rand(16, 3, 8, 8)
     with torch.no_grad():
-        h = softmax_entropy(_batch_stats(tiny_model)(x)).sort().values
+        h = softmax_entropy(batch_stats_copy(tiny_model)(x)).sort().values
     margin = float(h[10])  # 10 samples pass the entropy filter
     # tau at the median PLPD of those samples: found with a first pass, then reused with the same seed.
-    ref = _batch_stats(tiny_model)
+    ref = batch_stats_copy(tiny_model)
     out = ref(x)
     s1 = torch.where(softmax_entropy(out) < margin)[0]
     torch.manual_seed(5)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 import tta_bench
+from conftest import batch_stats_copy
 from tta_bench.methods.losses import softmax_entropy
 from tta_bench.methods.norm_layers import sar_parameters
 from tta_bench.methods.sam import SAM
@@ -73,17 +74,10 @@ def test_sam_perturbs_by_the_global_gradient_norm_and_restores():
     torch.testing.assert_close(b.detach(), torch.tensor([2.8]))
 
 
-def _batch_stats(model: nn.Module) -> nn.Module:
-    model = copy.deepcopy(model).train()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.track_running_stats, m.running_mean, m.running_var = False, None, None
-    return model
-
 
 def _sar_by_hand(model, batches, scale, rho, lr, momentum):
     """Both passes of SAR with explicit formulas; returns logits, final params and the EMA trace."""
-    ref = _batch_stats(model)
+    ref = batch_stats_copy(model)
     w = {n: p.detach().clone() for n, p in ref.named_parameters() if n.startswith("bn.")}
     buf, ema, outputs, emas = None, None, [], []
     for x in batches:
@@ -115,7 +109,7 @@ def test_two_passes_match_hand_computation(tiny_model):
     batches = [torch.rand(16, 3, 6, 6) for _ in range(2)]
     with torch.no_grad():
         # E0 just above the 8th smallest entropy: the ascent of SAM pushes some selected samples over it.
-        scale = (float(softmax_entropy(_batch_stats(tiny_model)(batches[0])).sort().values[7]) + 1e-3) / math.log(3)
+        scale = (float(softmax_entropy(batch_stats_copy(tiny_model)(batches[0])).sort().values[7]) + 1e-3) / math.log(3)
     initial = copy.deepcopy(tiny_model)
     outputs, w, emas = _sar_by_hand(tiny_model, batches, scale=scale, rho=0.05, lr=0.1, momentum=0.9)
     method = tta_bench.create_method("sar", tiny_model, e_margin_scale=scale, rho=0.05, reset_constant=0.0, **SGD)

@@ -116,11 +116,21 @@ class Method:
         return self.forward_and_adapt(x)
 
     # -- state ----------------------------------------------------------------------------------
+    # Attributes that are part of the state: modules (teachers, anchors, projectors) and tensors that
+    # may be None until the first batch (moving averages). Subclasses list theirs; `state_dict`,
+    # `load_state_dict` and therefore `reset` then cover them without code of their own.
+    state_modules: ClassVar[tuple[str, ...]] = ()
+    state_tensors: ClassVar[tuple[str, ...]] = ()
+
     def state_dict(self) -> dict[str, Any]:
         """Everything `reset` restores: model, optimizer and method-specific state."""
         state: dict[str, Any] = {"model": self.model.state_dict()}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
+        state.update({name: getattr(self, name).state_dict() for name in self.state_modules})
+        for name in self.state_tensors:
+            value = getattr(self, name)
+            state[name] = None if value is None else value.clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -128,6 +138,10 @@ class Method:
         self.model.load_state_dict(state["model"], strict=True)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        for name in self.state_modules:
+            getattr(self, name).load_state_dict(state[name], strict=True)
+        for name in self.state_tensors:
+            setattr(self, name, None if state[name] is None else state[name].clone())
 
     def snapshot(self) -> None:
         """Remember the current state as the post-set-up state that `reset` returns to."""

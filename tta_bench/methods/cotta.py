@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -67,6 +67,7 @@ class CoTTA(Method):
     """
 
     Hparams = CoTTAHparams
+    state_modules = ("teacher", "anchor")  # the anchor never changes; kept so reset provably restores it
     PRESETS = {
         "cifar": dict(optimizer="adam", lr=1e-3, mt=0.999, rst=0.01, ap=0.92, loss="soft_ce", augment_always=True),
         "imagenet": dict(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, mt=0.999, rst=0.001, ap=0.1,
@@ -123,14 +124,4 @@ class CoTTA(Method):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """One plain teacher pass, without update."""
         return self.teacher(x)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Student, optimizer, teacher and anchor."""
-        return {**super().state_dict(), "teacher": self.teacher.state_dict(), "anchor": self.anchor.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict`."""
-        super().load_state_dict(state)
-        self.teacher.load_state_dict(state["teacher"], strict=True)
-        self.anchor.load_state_dict(state["anchor"], strict=True)
 

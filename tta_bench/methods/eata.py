@@ -57,6 +57,7 @@ class ETA(Method):
 
     Hparams = ETAHparams
     PRESETS = {"cifar": CIFAR, "imagenet": IMAGENET}
+    state_tensors = ("mean_probs", "has_mean")
 
     def configure_model(self) -> None:
         """Train mode, gradients only for norm affine parameters, batch-statistics BN (as Tent)."""
@@ -105,17 +106,6 @@ class ETA(Method):
             self.optimizer.step()
         self.optimizer.zero_grad()
         return outputs.detach()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer and the moving average of predictions."""
-        extra = {k: None if v is None else v.clone() for k, v in (("mean_probs", self.mean_probs), ("has_mean", self.has_mean))}
-        return {**super().state_dict(), **extra}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict`."""
-        super().load_state_dict(state)
-        for key in ("mean_probs", "has_mean"):
-            setattr(self, key, None if state[key] is None else state[key].clone())
 
 
 @register_method("eata")

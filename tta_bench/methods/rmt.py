@@ -126,6 +126,7 @@ class RMT(Method):
     Hparams = RMTHparams
     PRESETS = {"cifar": CIFAR, "imagenet": IMAGENET}
     needs_source = True
+    state_modules = ("teacher", "projector")  # the prototypes never change after set-up
 
     def configure_model(self) -> None:
         """Eval mode with batch-statistics BN, every weight trainable; teacher copy and projector."""
@@ -180,17 +181,6 @@ class RMT(Method):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Student + teacher logits without an update."""
         return self.model(x) + self.teacher(x)
-
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Student, optimizer, teacher and projector (the prototypes never change after set-up)."""
-        return {**super().state_dict(), "teacher": self.teacher.state_dict(), "projector": self.projector.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict`."""
-        super().load_state_dict(state)
-        self.teacher.load_state_dict(state["teacher"], strict=True)
-        self.projector.load_state_dict(state["projector"], strict=True)
 
     # -- preparation on source data ----------------------------------------------------------------
     def attach_source(self, source: Any) -> None:

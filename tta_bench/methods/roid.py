@@ -74,6 +74,7 @@ class ROID(Method):
     """
 
     Hparams = ROIDHparams
+    state_tensors = ("class_probs",)
     PRESETS = {
         "cifar": dict(optimizer="adam", lr=1e-3, beta=0.9, weight_decay=0.0),
         "imagenet": dict(optimizer="sgd", lr=2.5e-4, momentum=0.9, dampening=0.0, nesterov=True, weight_decay=0.0),
@@ -165,12 +166,10 @@ class ROID(Method):
 
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizer, the prediction EMA and the source weights."""
-        probs = None if self.class_probs is None else self.class_probs.clone()
-        return {**super().state_dict(), "class_probs": probs, "source": [s.clone() for s in self.source]}
+        return {**super().state_dict(), "source": [s.clone() for s in self.source]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict`."""
         super().load_state_dict(state)
-        self.class_probs = None if state["class_probs"] is None else state["class_probs"].clone()
         for s, saved in zip(self.source, state["source"]):
             s.copy_(saved)

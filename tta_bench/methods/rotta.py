@@ -222,6 +222,7 @@ class RoTTA(Method):
 
     Hparams = RoTTAHparams
     PRESETS = {"cifar": dict(optimizer="adam", lr=1e-3), "imagenet": dict(optimizer="adam", lr=1e-3)}
+    state_modules = ("teacher",)  # weights and robust-BN statistics
 
     def configure_model(self) -> None:
         """Robust BN everywhere, norm affine parameters trainable, teacher copy, empty memory."""
@@ -300,13 +301,12 @@ class RoTTA(Method):
 
     def state_dict(self) -> dict[str, Any]:
         """Student, optimizer, teacher (weights and robust-BN statistics), memory and sample counter."""
-        return {**super().state_dict(), "teacher": self.teacher.state_dict(), "seen": self.seen,
+        return {**super().state_dict(), "seen": self.seen,
                 "memory": None if self.memory is None else self.memory.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict`."""
         super().load_state_dict(state)
-        self.teacher.load_state_dict(state["teacher"])
         self.seen = state["seen"]
         if state["memory"] is None:
             self.memory = None

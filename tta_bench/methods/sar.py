@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -107,6 +107,7 @@ class SAR(Method):
     """
 
     Hparams = SARHparams
+    state_tensors = ("loss_ema", "has_ema", "recoveries")
     PRESETS = {
         "cifar": dict(optimizer="sgd", lr=1e-3, momentum=0.9, nesterov=False, lr_rule="fixed"),
         "imagenet": dict(optimizer="sgd", lr=2.5e-4, momentum=0.9, nesterov=False, lr_rule="resnet"),
@@ -189,14 +190,3 @@ class SAR(Method):
             self.has_ema = self.has_ema & ~recover
             self.loss_ema = torch.where(recover, torch.zeros_like(self.loss_ema), self.loss_ema)
         self.recoveries = self.recoveries + recover.long()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, the loss EMA and the recovery counter."""
-        keys = ("loss_ema", "has_ema", "recoveries")
-        return {**super().state_dict(), **{k: None if getattr(self, k) is None else getattr(self, k).clone() for k in keys}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict`."""
-        super().load_state_dict(state)
-        for key in ("loss_ema", "has_ema", "recoveries"):
-            setattr(self, key, None if state[key] is None else state[key].clone())
