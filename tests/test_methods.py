@@ -46,9 +46,9 @@ def test_every_method_runs_and_resets(name, family, tiny_model, tmp_path):
     method(torch.rand(8, 3, 6, 6))
     method.reset()
     after = method.state_dict()
-    torch.testing.assert_close(after["model"], before["model"])
-    if "optimizer" in before:
-        assert after["optimizer"]["state"].keys() == before["optimizer"]["state"].keys()
+    assert after.keys() == before.keys()
+    for key in before:  # model, optimizer and every piece of method state (teachers, EMAs, memories)
+        torch.testing.assert_close(after[key], before[key], equal_nan=True, msg=f"{name}: {key} not restored")
 
 
 def test_unknown_method_and_hparam_are_clear_errors(tiny_model):
