@@ -133,3 +133,12 @@ def test_published_numbers_only_for_matching_protocols():
     assert published_error(Protocol(*wrn, "continual", 128, 10000, True), "tent") is None
     assert published_error(Protocol(*wrn, "reset_each_shift", 200, 10000, True), "tent") is None
     assert published_error(Protocol(*wrn, "reset_each_shift", 200, 10000, False), "tent")[0] == 18.6
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    from tta_bench.results import atomic_write_text
+
+    atomic_write_text(tmp_path / "x.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~umask

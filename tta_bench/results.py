@@ -23,6 +23,8 @@ import pandas as pd
 # Keys that change where things are read or written, or how they are shown, but not the result.
 NON_SEMANTIC_KEYS = ("data_root", "model_dir", "results_dir", "device", "progress")
 RECORD_FILES = ("metrics", "cost", "curve")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 ID_COLUMNS = ["run_id", "method", "model", "dataset", "setting", "seed", "batch_size", "n_examples"]
 ROW_COLUMNS = ID_COLUMNS + ["domain", "severity", "domain_index", "round", "metric", "value"]
 
@@ -45,6 +47,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
