@@ -142,3 +142,13 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_method_with_its_own_batch_size_shares_the_table(records):
+    """BN-alpha records batch_size 1; the table groups by the data's batch size (config.yaml)."""
+    path = sorted((records / "runs").glob("*/metrics.parquet"))[0]
+    df = pd.read_parquet(path)
+    df["batch_size"] = 1
+    df.to_parquet(path, index=False)
+    assert render(records) == 0
+    assert sorted(p.name for p in (records / "tables").iterdir() if p.is_dir()) == ["digits_c-continual-digits_c"]

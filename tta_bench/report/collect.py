@@ -26,10 +26,12 @@ class Collection:
 
 
 def _config_columns(run_dir: Path) -> dict[str, object]:
-    """Fields of config.yaml the tables need: shuffling (protocol) and the method's settings (labels)."""
+    """Fields of config.yaml the tables need: the data's batch size and shuffling (protocol; the
+    `batch_size` column holds the size a method actually used, e.g. BN-alpha's 1) and the method's
+    settings (row labels)."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     method = {k: v for k, v in config["method"].items() if k != "name"}
-    return {"shuffle": bool(config["data"].get("shuffle", True)),
+    return {"data_batch_size": int(config["data"]["batch_size"]), "shuffle": bool(config["data"].get("shuffle", True)),
             "method_config": yaml.safe_dump(method, sort_keys=True)}
 
 

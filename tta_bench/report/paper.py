@@ -11,7 +11,9 @@ from tta_bench.report.published import Protocol, published_error
 from tta_bench.report.render import Table, to_latex, to_markdown
 from tta_bench.results import atomic_write_text
 
-GROUP_COLUMNS = ["dataset", "setting", "model", "weights", "batch_size", "n_examples", "shuffle"]
+# The data's batch size, not the per-run `batch_size`: a method with its own batch size (BN-alpha)
+# belongs to the same table as the others run on that data.
+GROUP_COLUMNS = ["dataset", "setting", "model", "weights", "data_batch_size", "n_examples", "shuffle"]
 FORGETTING = {"forgetting_clean": 100.0, "forgetting_first_domain": 100.0}
 COST = {"images_per_second": 1.0, "cost_ratio": 1.0, "peak_memory_mb": 1.0}
 HEADERS = {"forgetting_clean": "clean test split", "forgetting_first_domain": "first domain",
@@ -35,13 +37,13 @@ def protocol_text(part: pd.DataFrame) -> str:
     r = part.iloc[0]
     n = "all" if int(r["n_examples"]) < 0 else f"{int(r['n_examples']):,}"
     order = "" if r["shuffle"] else ", unshuffled"
-    return f"{r['dataset']}, {r['setting']}, {r['model']}; batch {r['batch_size']}, {n} images/domain{order}"
+    return f"{r['dataset']}, {r['setting']}, {r['model']}; batch {r['data_batch_size']}, {n} images/domain{order}"
 
 
 def _published_columns(part: pd.DataFrame, table: Table) -> None:
     """Add `published` and `Δ` columns where the protocol matches a published number."""
     r = part.iloc[0]
-    protocol = Protocol(r["dataset"], r["model"], r["weights"], r["setting"], int(r["batch_size"]),
+    protocol = Protocol(r["dataset"], r["model"], r["weights"], r["setting"], int(r["data_batch_size"]),
                         int(r["n_examples"]), bool(r["shuffle"]))
     published, delta, sources = {}, {}, []
     for label, cells in table.rows.items():
