@@ -31,14 +31,20 @@ def test_config_fields_match_hparams(name):
     assert set(cfg) - {"name"} == fields
 
 
+def _prepared(name: str, model: torch.nn.Module, cache: Path, family: str = "cifar") -> tta_bench.Method:
+    """The method around `model`, with the runner's preparation step on a toy source set (every class)."""
+    method = tta_bench.create_method(name, model, family=family)
+    if method.needs_source:
+        rng = np.random.default_rng(0)
+        toy = SourceData(rng.integers(0, 256, (12, 6, 6, 3), dtype=np.uint8), np.arange(12) % 3, "toy/train")
+        prepare_method(method, toy, cache, weights_hash="toy", progress=False)
+    return method
+
+
 @pytest.mark.parametrize("name", tta_bench.list_methods())
 @pytest.mark.parametrize("family", ["cifar", "imagenet"])
 def test_every_method_runs_and_resets(name, family, tiny_model, tmp_path):
-    method = tta_bench.create_method(name, tiny_model, family=family)
-    if method.needs_source:  # the runner's preparation step, on a toy source set with every class
-        rng = np.random.default_rng(0)
-        toy = SourceData(rng.integers(0, 256, (12, 6, 6, 3), dtype=np.uint8), np.arange(12) % 3, "toy/train")
-        prepare_method(method, toy, tmp_path, weights_hash="toy", progress=False)
+    method = _prepared(name, tiny_model, tmp_path, family)
     before = copy.deepcopy(method.state_dict())
     x = torch.rand(8, 3, 6, 6)
     out = method(x)
@@ -49,6 +55,24 @@ def test_every_method_runs_and_resets(name, family, tiny_model, tmp_path):
     assert after.keys() == before.keys()
     for key in before:  # model, optimizer and every piece of method state (teachers, EMAs, memories)
         torch.testing.assert_close(after[key], before[key], equal_nan=True, msg=f"{name}: {key} not restored")
+
+
+@pytest.mark.parametrize("name", tta_bench.list_methods())
+def test_after_reset_a_method_adapts_like_a_fresh_one(name, tiny_model, tmp_path):
+    original = copy.deepcopy(tiny_model)
+    torch.manual_seed(0)
+    method = _prepared(name, tiny_model, tmp_path)
+    for _ in range(3):
+        method(torch.rand(8, 3, 6, 6))
+    method.reset()
+    torch.manual_seed(0)
+    fresh = _prepared(name, original, tmp_path)  # the same cached preparation, the same random init
+    for seed in range(3):
+        x = torch.rand(8, 3, 6, 6)
+        torch.manual_seed(seed)
+        out = method(x)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(out, fresh(x), msg=f"{name} after reset differs from a fresh {name}")
 
 
 def test_unknown_method_and_hparam_are_clear_errors(tiny_model):

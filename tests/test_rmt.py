@@ -228,3 +228,20 @@ def test_preparation_is_cached(tiny_model, tmp_path, monkeypatch):
         torch.testing.assert_close(b[key], a[key])
     torch.testing.assert_close(b["optimizer"]["state"], a["optimizer"]["state"])
     assert second.source is not None  # the replay data is attached on a cache hit too
+
+
+def test_reset_returns_the_replay_to_its_post_set_up_position(tiny_model):
+    original = copy.deepcopy(tiny_model)
+    torch.manual_seed(0)
+    method = prepared(tiny_model, source_batch_size=5, warmup_samples=0)
+    for _ in range(2):
+        method(torch.rand(8, 3, 6, 6))
+    method.reset()
+    torch.manual_seed(0)
+    fresh = prepared(original, source_batch_size=5, warmup_samples=0)
+    for seed in range(3):
+        x = torch.rand(8, 3, 6, 6)
+        torch.manual_seed(seed)
+        out = method(x)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(out, fresh(x))

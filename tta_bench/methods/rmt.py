@@ -62,6 +62,14 @@ class ShuffledSource:
         for idx in torch.randperm(len(self), device=self.labels.device).split(self.batch_size):
             yield as_float(self.images[idx]), self.labels[idx]
 
+    def position(self) -> dict[str, Any]:
+        """Where the endless stream stands (the current epoch's order and the next index)."""
+        return {"order": self._order.clone(), "start": self._start}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        """Continue from a `position`."""
+        self._order, self._start = position["order"].clone(), position["start"]
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch of the endless stream of shuffled epochs."""
         if self._start >= len(self._order):
@@ -119,7 +127,7 @@ class RMT(Method):
     Deviations: the source set is what the benchmark's clean train split provides (ImageNet: at most
     5,000 images held in memory, not the full train set); replay starts a fresh shuffled epoch after
     set-up (the official loader iterator continues the warm-up's epoch unless the warm-up checkpoint is
-    loaded) and its position is not reset state; the projector's random init is not part of the cached
+    loaded); its position is part of the state, so reset returns to it; the projector's random init is not part of the cached
     preparation (the warm-up does not change it). Source batches are drawn on the device.
     """
 
@@ -181,6 +189,16 @@ class RMT(Method):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Student + teacher logits without an update."""
         return self.model(x) + self.teacher(x)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state (model, optimizer, teacher, projector) and the source replay position."""
+        return {**super().state_dict(), "replay": None if self.source is None else self.source.position()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`."""
+        super().load_state_dict(state)
+        if self.source is not None and state["replay"] is not None:
+            self.source.seek(state["replay"])
 
     # -- preparation on source data ----------------------------------------------------------------
     def attach_source(self, source: Any) -> None:
