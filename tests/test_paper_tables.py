@@ -152,3 +152,13 @@ def test_a_method_with_its_own_batch_size_shares_the_table(records):
     df.to_parquet(path, index=False)
     assert render(records) == 0
     assert sorted(p.name for p in (records / "tables").iterdir() if p.is_dir()) == ["digits_c-continual-digits_c"]
+
+
+def test_runs_of_different_source_weights_are_not_pooled(records):
+    for path in sorted((records / "runs").glob("*/metrics.parquet"))[:3]:
+        df = pd.read_parquet(path)
+        df["weights_sha256"] = "0123456789abcdef"
+        df.to_parquet(path, index=False)
+    assert render(records) == 0
+    groups = sorted(p.name for p in (records / "tables").iterdir() if p.is_dir())
+    assert len(groups) == 2 and all(g.startswith("digits_c-continual-digits_c-b200-n20-w") for g in groups)

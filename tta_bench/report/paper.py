@@ -13,7 +13,9 @@ from tta_bench.results import atomic_write_text
 
 # The data's batch size, not the per-run `batch_size`: a method with its own batch size (BN-alpha)
 # belongs to the same table as the others run on that data.
-GROUP_COLUMNS = ["dataset", "setting", "model", "weights", "data_batch_size", "n_examples", "shuffle"]
+# weights_sha256 keeps runs of differently trained source models (e.g. the embedded model trained
+# on another machine) out of each other's seed statistics.
+GROUP_COLUMNS = ["dataset", "setting", "model", "weights", "data_batch_size", "n_examples", "shuffle", "weights_sha256"]
 FORGETTING = {"forgetting_clean": 100.0, "forgetting_first_domain": 100.0}
 COST = {"images_per_second": 1.0, "cost_ratio": 1.0, "peak_memory_mb": 1.0}
 HEADERS = {"forgetting_clean": "clean test split", "forgetting_first_domain": "first domain",
@@ -21,15 +23,13 @@ HEADERS = {"forgetting_clean": "clean test split", "forgetting_first_domain": "f
 
 
 def groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Rows split by protocol, named `dataset-setting-model` (plus batch/size/order when ambiguous)."""
-    out: dict[str, pd.DataFrame] = {}
+    """Rows split by protocol, named `dataset-setting-model` (plus batch/size/order, then the weights
+    hash, when that is ambiguous)."""
     parts = list(with_labels(rows).groupby(GROUP_COLUMNS, sort=True))
-    base = [f"{k[0]}-{k[1].replace('+', '_')}-{k[2]}" for k, _ in parts]
-    for (key, part), name in zip(parts, base):
-        if base.count(name) > 1:
-            name += f"-b{key[4]}-n{key[5]}" + ("" if key[6] else "-unshuffled")
-        out[name] = part
-    return out
+    names = [f"{k[0]}-{k[1].replace('+', '_')}-{k[2]}" for k, _ in parts]
+    for suffix in (lambda k: f"-b{k[4]}-n{k[5]}" + ("" if k[6] else "-unshuffled"), lambda k: f"-w{k[7][:8]}"):
+        names = [name + suffix(key) if names.count(name) > 1 else name for name, (key, _) in zip(names, parts)]
+    return {name: part for name, (_, part) in zip(names, parts)}
 
 
 def protocol_text(part: pd.DataFrame) -> str:
