@@ -12,6 +12,7 @@ import torch
 import yaml
 
 import tta_bench
+from conftest import assert_adapts_alike
 from tta_bench.errors import ConfigError
 from tta_bench.methods import method_class
 from tta_bench.methods.preparation import SourceData, prepare_method
@@ -67,12 +68,7 @@ def test_after_reset_a_method_adapts_like_a_fresh_one(name, tiny_model, tmp_path
     method.reset()
     torch.manual_seed(0)
     fresh = _prepared(name, original, tmp_path)  # the same cached preparation, the same random init
-    for seed in range(3):
-        x = torch.rand(8, 3, 6, 6)
-        torch.manual_seed(seed)
-        out = method(x)
-        torch.manual_seed(seed)
-        torch.testing.assert_close(out, fresh(x), msg=f"{name} after reset differs from a fresh {name}")
+    assert_adapts_alike(method, fresh)
 
 
 def test_unknown_method_and_hparam_are_clear_errors(tiny_model):
