@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display on clusters and CI
 
@@ -18,9 +19,20 @@ from tta_bench.report.render import ordered_labels  # noqa: E402
 from tta_bench.results import atomic_write  # noqa: E402
 
 
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def styles(labels: list[str]) -> dict[str, dict]:
+    """A distinct colour (tab20) and line style/marker per method, the same in every plot of a group."""
+    cmap = plt.get_cmap("tab20")
+    return {label: {"color": cmap(i % 20), "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                    "marker": MARKERS[i % len(MARKERS)]} for i, label in enumerate(ordered_labels(labels))}
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
-    """Write a figure atomically and close it."""
-    fig.tight_layout()
+    """Write a figure atomically and close it (room at the top for a suptitle)."""
+    fig.tight_layout(rect=(0, 0, 1, 0.96 if fig.get_suptitle() else 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path
@@ -32,11 +44,12 @@ def error_per_domain(part: pd.DataFrame, title: str, path: Path) -> Path:
     domains = domain_order(part)
     fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(domains)), 4.5))
     x = np.arange(len(domains))
+    style = styles(list(rows))
     for label in ordered_labels(list(rows)):
         mean = np.array([rows[label][d].mean for d in domains])
         std = np.array([rows[label][d].std for d in domains])
-        ax.plot(x, mean, marker="o", ms=3, label=f"{label} ({rows[label]['mean'].mean:.1f})")
-        ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+        ax.plot(x, mean, ms=3, label=f"{label} ({rows[label]['mean'].mean:.1f})", **style[label])
+        ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=style[label]["color"])
     ax.set_xticks(x, domains, rotation=45, ha="right")
     ax.set(title=f"Error per domain: {title}", xlabel="domain (stream order)", ylabel="error (%)")
     ax.grid(alpha=0.3)
@@ -50,9 +63,11 @@ def online_error(part: pd.DataFrame, curves: pd.DataFrame, title: str, path: Pat
     labels = part.drop_duplicates("run_id").set_index("run_id")["label"]
     curves = curves.assign(label=curves["run_id"].map(labels))
     fig, ax = plt.subplots(figsize=(10, 4.5))
+    style = styles(list(curves["label"].unique()))
     for label in ordered_labels(list(curves["label"].unique())):
         mean = curves[curves["label"] == label].groupby("n_seen")["cumulative_error"].mean()
-        ax.plot(mean.index, 100 * mean.values, label=label, lw=1.2)
+        ax.plot(mean.index, 100 * mean.values, label=label, lw=1.2, color=style[label]["color"],
+                linestyle=style[label]["linestyle"])
     first = curves[curves["run_id"] == curves["run_id"].iloc[0]]
     change = first["domain_index"].ne(first["domain_index"].shift()).to_numpy()
     starts = first["n_seen"].to_numpy() - np.diff(np.r_[0, first["n_seen"].to_numpy()])
@@ -105,15 +120,20 @@ def error_vs_cost(part: pd.DataFrame, title: str, path: Path) -> Path:
     """Mean error against the cost ratio (method step time / plain forward), one point per method."""
     errors = seed_table(part, "error")
     cost = run_level_table(part, {"cost_ratio": 1.0})
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for label in ordered_labels([lbl for lbl in errors if lbl in cost]):
-        x, y = cost[label]["cost_ratio"].mean, errors[label]["mean"].mean
-        ax.scatter(x, y, s=30)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    labels = [lbl for lbl in errors if lbl in cost]
+    style = styles(labels)
+    for label in ordered_labels(labels):  # a legend instead of annotations: labels never overlap
+        ax.scatter(cost[label]["cost_ratio"].mean, errors[label]["mean"].mean, s=40, label=label,
+                   color=style[label]["color"], marker=style[label]["marker"])
     ax.set_xscale("log")
-    ax.set(title=f"Error vs cost: {title}", xlabel="cost ratio (log scale; 1 = plain forward)",
-           ylabel="mean error (%)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_title(f"Error vs cost: {title}", fontsize=10)
+    ax.set(xlabel="cost ratio (log scale; 1 = plain forward)", ylabel="mean error (%)")
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
 
 
