@@ -13,7 +13,7 @@ from torch import nn
 from tta_bench.errors import ConfigError
 from tta_bench.methods.base import Method, OptimizerHparams
 from tta_bench.methods.losses import softmax_entropy
-from tta_bench.methods.norm_layers import sar_parameters, use_batch_statistics
+from tta_bench.methods.norm_layers import sar_parameters, train_only
 from tta_bench.methods.registry import register_method
 from tta_bench.methods.sar import LrRule, masked_mean, set_official_lr
 
@@ -108,10 +108,7 @@ class DeYO(Method):
 
     def configure_model(self) -> None:
         """Train mode, batch-statistics BN, gradients only for the SAR parameter set."""
-        self.model.train().requires_grad_(False)
-        for _, p in sar_parameters(self.model):
-            p.requires_grad_(True)
-        use_batch_statistics(self.model)
+        train_only(self.model, sar_parameters(self.model))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Norm affine parameters outside layer4 / blocks.9-11 / the final norm (as SAR)."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from tta_bench.methods.base import Method, OptimizerHparams
 from tta_bench.methods.losses import softmax_entropy
-from tta_bench.methods.norm_layers import norm_affine_parameters, use_batch_statistics
+from tta_bench.methods.norm_layers import norm_affine_parameters, train_only
 from tta_bench.methods.registry import register_method
 from tta_bench.progress import progress_bar
 
@@ -61,10 +61,7 @@ class ETA(Method):
 
     def configure_model(self) -> None:
         """Train mode, gradients only for norm affine parameters, batch-statistics BN (as Tent)."""
-        self.model.train().requires_grad_(False)
-        for _, p in norm_affine_parameters(self.model):
-            p.requires_grad_(True)
-        use_batch_statistics(self.model)
+        train_only(self.model, norm_affine_parameters(self.model))
         # m and whether it is set; the official code keeps None until a batch has reliable samples.
         self.mean_probs: torch.Tensor | None = None
         self.has_mean: torch.Tensor | None = None

@@ -47,3 +47,11 @@ def sar_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         return module_name == "norm" or any(s in module_name for s in SAR_EXCLUDED_SUBSTRINGS)
 
     return [(n, p) for n, p in norm_affine_parameters(model) if not excluded(n.rsplit(".", 1)[0])]
+
+
+def train_only(model: nn.Module, params: list[tuple[str, nn.Parameter]], train_mode: bool = True) -> None:
+    """The Tent-style set-up: batch-statistics BN, gradients only for `params`, train (or eval) mode."""
+    model.train(train_mode).requires_grad_(False)
+    for _, p in params:
+        p.requires_grad_(True)
+    use_batch_statistics(model)

@@ -13,7 +13,7 @@ from tta_bench.methods.augment import ROID as ROID_AUGMENT
 from tta_bench.methods.augment import CoTTAAugment
 from tta_bench.methods.base import Method, OptimizerHparams
 from tta_bench.methods.losses import softmax_entropy, symmetric_cross_entropy
-from tta_bench.methods.norm_layers import norm_affine_parameters, use_batch_statistics
+from tta_bench.methods.norm_layers import norm_affine_parameters, train_only
 from tta_bench.methods.registry import register_method
 
 
@@ -82,10 +82,7 @@ class ROID(Method):
 
     def configure_model(self) -> None:
         """Eval mode, batch-statistics BN, gradients for norm affine only; remember the source weights."""
-        self.model.eval().requires_grad_(False)
-        for _, p in norm_affine_parameters(self.model):
-            p.requires_grad_(True)
-        use_batch_statistics(self.model)
+        train_only(self.model, norm_affine_parameters(self.model), train_mode=False)
         self.params = [p for _, p in norm_affine_parameters(self.model)]
         self.source = [p.detach().clone() for p in self.params]
         self.class_probs: torch.Tensor | None = None  # uniform, allocated once C is known

@@ -9,7 +9,7 @@ from torch import nn
 
 from tta_bench.methods.base import Method, OptimizerHparams
 from tta_bench.methods.losses import softmax_entropy
-from tta_bench.methods.norm_layers import norm_affine_parameters, use_batch_statistics
+from tta_bench.methods.norm_layers import norm_affine_parameters, train_only
 from tta_bench.methods.registry import register_method
 
 
@@ -42,10 +42,7 @@ class Tent(Method):
 
     def configure_model(self) -> None:
         """Train mode, gradients only for norm affine parameters, batch-statistics BN."""
-        self.model.train().requires_grad_(False)
-        for _, p in norm_affine_parameters(self.model):
-            p.requires_grad_(True)
-        use_batch_statistics(self.model)
+        train_only(self.model, norm_affine_parameters(self.model))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Affine scale and shift of every BN/LN/GN layer."""
