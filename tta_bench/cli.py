@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from tta_bench.errors import TTABenchError
+from tta_bench.errors import Interrupted, TTABenchError
 
 EXIT_USER_ERROR = 2
 
@@ -15,10 +16,26 @@ EXIT_USER_ERROR = 2
 def main_task(cfg: DictConfig) -> str:
     """Run one experiment; returns its run-record folder (collected by multirun callbacks)."""
     from tta_bench.experiment import run_experiment
+    from tta_bench.safety import check_targets
+
+    # SystemExit passes through Hydra's job runner, so no traceback is printed.
+    try:
+        check_targets(cfg, HydraConfig.get() if HydraConfig.initialized() else None)
+        return str(run_experiment(cfg))
+    except Interrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (TTABenchError, OmegaConfBaseException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Refuse foreign `_target_` overrides before Hydra instantiates anything (exit status 2)."""
+    from tta_bench.safety import check_override_targets
 
     try:
-        return str(run_experiment(cfg))
-    except (TTABenchError, OmegaConfBaseException) as exc:
-        # SystemExit passes through Hydra's job runner, so no traceback is printed.
+        check_override_targets([a for a in argv if not a.startswith("-")])
+    except TTABenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

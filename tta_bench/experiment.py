@@ -5,26 +5,35 @@ from __future__ import annotations
 import dataclasses
 import random
 import resource
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from tta_bench import safety
+from tta_bench.checkpoint import RunCheckpoint, restore
 
 from tta_bench.data.datasets import Benchmark, DatasetInfo, dataset_info, open_benchmark
 from tta_bench.data.streams import Segment, Stream, StreamSpec, build_stream, parse_setting
 from tta_bench.data.tensors import as_float, to_nchw
-from tta_bench.errors import ConfigError, DataNotFoundError
+from tta_bench.environment import device_name, environment_record
+from tta_bench.errors import ConfigError, DataNotFoundError, Interrupted, OutOfMemory
+from tta_bench.loggers import RunLogger
 from tta_bench.methods import method_class
 from tta_bench.methods.base import Hparams, Method, effective_batch_size
 from tta_bench.methods.preparation import SourceData, prepare_method
 from tta_bench.models import create_model, weights_fingerprint
 from tta_bench.records import cost_rows, curve_rows, metric_rows
-from tta_bench.results import run_dir_of, run_id_of, start_record, write_record
-from tta_bench.runner import (DeviceSegment, StreamResult, adapt_stream, frozen_error, labelled_batches, open_segment,
-                              plain_forward_seconds, slices)
+from tta_bench.results import is_done, run_dir_of, run_id_of, start_record, write_record
+from tta_bench.runner import (DeviceSegment, Stopped, StreamResult, StreamState, adapt_stream, frozen_error,
+                              labelled_batches, open_segment, plain_forward_seconds, slices)
+from tta_bench.signals import StopSignals
 from tta_bench.tables import domain_table, render_text, run_summary
 
 
@@ -133,10 +142,58 @@ def _set_up_method(exp: Experiment, cfg: DictConfig, model: torch.nn.Module, hpa
     return method
 
 
+def describe_run(cfg: DictConfig, run_id: str) -> str:
+    """`run <id> (method, dataset setting, seed N)` for messages."""
+    return f"run {run_id} ({cfg.method.name}, {cfg.data.name} {cfg.data.setting}, seed {cfg.seed})"
+
+
 def run_experiment(cfg: DictConfig) -> Path:
-    """Run one configured experiment end to end and return its run-record folder."""
+    """Run one configured experiment end to end and return its run-record folder.
+
+    A run whose record is complete is skipped (`force=true` reruns it); an unfinished one with a
+    checkpoint continues from its last domain boundary.
+    """
+    config, _ = resolve(cfg)
+    run_id = run_id_of(config)
+    run_dir = run_dir_of(cfg.results_dir, run_id)
+    if is_done(run_dir) and not cfg.force:
+        print(f"skip: {describe_run(cfg, run_id)} is complete in {run_dir}; force=true reruns it")
+        return run_dir
     exp, hparams = open_experiment(cfg)
     start_record(exp.run_dir)
+    logger = safety.instantiate(cfg.logger, _partial_=True, _convert_="all")(exp.config, exp.run_id, exp.run_dir)
+    failed = True
+    try:
+        with out_of_memory_message(exp, cfg.method.name):
+            tables = _run(cfg, exp, hparams, logger)
+        failed = False
+    finally:
+        logger.finish(failed)
+    print(f"\n{cfg.method.name} on {exp.info.name} {cfg.data.setting} (run {exp.run_id}, {exp.run_dir})")
+    print(render_text(domain_table(tables["metrics"])))
+    print(run_summary(tables["metrics"], tables["cost"]))
+    return exp.run_dir
+
+
+@contextmanager
+def out_of_memory_message(exp: Experiment, method: str) -> Iterator[None]:
+    """Turn an out-of-memory error into one message naming the device and the batch size."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one; CPU allocation failures are plain ones
+        text = str(exc).lower()
+        if not isinstance(exc, torch.cuda.OutOfMemoryError) and "out of memory" not in text \
+                and "can't allocate memory" not in text:
+            raise
+        raise OutOfMemory(
+            f"out of memory on {exp.device} ({device_name(exp.device)}) running {method} with batch size "
+            f"{exp.batch_size}: lower data.batch_size (or the method's batch_size), or use a device with more "
+            f"memory. The run folder {exp.run_dir} has no 'done' marker, so no table counts it.") from exc
+
+
+def _run(cfg: DictConfig, exp: Experiment, hparams: Hparams, logger: RunLogger) -> dict[str, pd.DataFrame]:
+    """Set up, stream (from a checkpoint when there is one), measure forgetting, write the record."""
+    environment = environment_record(exp.device)
     seed_everything(int(cfg.seed))
     options = {k: v for k, v in cfg.model.items() if k != "name"}
     model = create_model(cfg.model.name, cfg.model_dir, cfg.data_root, bool(cfg.progress), **options).to(exp.device)
@@ -145,10 +202,21 @@ def run_experiment(cfg: DictConfig) -> Path:
     plain_seconds = plain_forward_seconds(model, as_float(first_batch))  # before the method changes the model
     method = _set_up_method(exp, cfg, model, hparams, weights)
     clean = _clean_test(exp) if cfg.forgetting else None
-    clean_before = frozen_error(method, _tensor_batches(*clean, exp.batch_size)) if clean else None
-    seed_everything(int(cfg.seed))
-    result = adapt_stream(method, exp.bench, exp.stream, exp.batch_size, exp.info.num_classes, exp.device,
-                          bool(cfg.progress))
+    checkpoint = RunCheckpoint(exp.run_dir, exp.run_id, weights)
+    if cfg.force:
+        checkpoint.remove()
+    state = StreamState(len(exp.stream.domains), exp.info.num_classes, exp.stream.n_batches(exp.batch_size),
+                        exp.device)
+    saved = checkpoint.load(exp.device)
+    if saved is None:
+        clean_before = frozen_error(method, _tensor_batches(*clean, exp.batch_size)) if clean else None
+        seed_everything(int(cfg.seed))
+    else:
+        clean_before = saved["extra"]["clean_before"]
+        restore(saved, method, state)
+        print(f"resuming {describe_run(cfg, exp.run_id)} after {state.position.batch} of "
+              f"{len(state.batch_sizes)} batches, from {checkpoint.path}")
+    result = _stream(cfg, exp, method, state, checkpoint, logger, clean_before)
     forgetting = _forgetting(exp, method, result, clean, clean_before) if cfg.forgetting else {}
     ids = _id_columns(exp, model, weights)
     tables = {
@@ -157,11 +225,33 @@ def run_experiment(cfg: DictConfig) -> Path:
         "cost": cost_rows(ids, result, plain_seconds, exp.batch_size, _peak_memory_mb(exp.device)),
         "curve": curve_rows(ids, result),
     }
-    write_record(exp.run_dir, tables, OmegaConf.to_yaml(OmegaConf.create(exp.config)))
-    print(f"\n{method.name} on {exp.info.name} {cfg.data.setting} (run {exp.run_id}, {exp.run_dir})")
-    print(render_text(domain_table(tables["metrics"])))
-    print(run_summary(tables["metrics"], tables["cost"]))
-    return exp.run_dir
+    write_record(exp.run_dir, tables, OmegaConf.to_yaml(OmegaConf.create(exp.config)), environment)
+    checkpoint.remove()
+    logger.run_finished(tables)
+    return tables
+
+
+def _stream(cfg: DictConfig, exp: Experiment, method: Method, state: StreamState, checkpoint: RunCheckpoint,
+            logger: RunLogger, clean_before: float | None) -> StreamResult:
+    """The online pass with checkpoints at domain boundaries and a clean stop on SIGTERM/SIGUSR1/2."""
+    last = len(exp.stream.segments)
+
+    def on_boundary(state: StreamState, finished: np.ndarray | None) -> None:
+        if finished is not None:
+            logger.domains_finished(state.metrics.compute(), [exp.stream.domains[d] for d in finished])
+        if stop.signum is not None or (cfg.checkpoint and state.position.segment < last):
+            checkpoint.save(method, state, {"clean_before": clean_before})
+
+    with StopSignals() as stop:
+        try:
+            return adapt_stream(method, exp.bench, exp.stream, exp.batch_size, exp.info.num_classes, exp.device,
+                                bool(cfg.progress), state=state, on_boundary=on_boundary, stop=stop)
+        except Stopped as exc:
+            stop.forward()  # submitit's handler requeues the job and exits here
+            name = signal.Signals(exc.signum).name
+            raise Interrupted(f"{name}: stopped {describe_run(cfg, exp.run_id)} after {exc.position.batch} of "
+                              f"{len(state.batch_sizes)} batches; state saved to {checkpoint.path}. Run the same "
+                              "command again to continue.", exc.signum) from None
 
 
 def _forgetting(exp: Experiment, method: Method, result: StreamResult, clean: Any,

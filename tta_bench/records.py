@@ -10,7 +10,8 @@ import pandas as pd
 from tta_bench.data.streams import Stream
 from tta_bench.runner import StreamResult
 
-DOMAIN_METRICS = ("error", "nll", "brier", "ece", "n_samples", "collapse_share", "nonfinite_share")
+DOMAIN_METRICS = ("error", "nll", "brier", "ece", "n_samples", "collapse_share", "nonfinite_share",
+                  "nonfinite_step_share", "diverged")
 RELIABILITY = ("reliability_count", "reliability_confidence", "reliability_accuracy")
 ALL = "all"
 

@@ -6,6 +6,8 @@
 - `cost.parquet`: the same schema for machine-dependent measurements (time, throughput, memory).
 - `curve.parquet`: the online error after every batch.
 - `config.yaml`: the resolved config, method hyperparameters filled in.
+- `environment.json`: versions, device, git commit (and whether the tree was dirty), packages.
+- `checkpoint.pt`: only while a run is unfinished; the state at the last domain boundary.
 - `done`: written last; a folder without it is an unfinished run.
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 # Keys that change where things are read or written, or how they are shown, but not the result.
-NON_SEMANTIC_KEYS = ("data_root", "model_dir", "results_dir", "device", "progress")
+NON_SEMANTIC_KEYS = ("data_root", "model_dir", "results_dir", "device", "progress", "force", "checkpoint", "logger")
 RECORD_FILES = ("metrics", "cost", "curve")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -65,11 +67,14 @@ def start_record(run_dir: Path) -> None:
     (run_dir / "done").unlink(missing_ok=True)
 
 
-def write_record(run_dir: Path, tables: dict[str, pd.DataFrame], config_yaml: str) -> None:
-    """Write every table and the config atomically, then the `done` marker."""
+def write_record(run_dir: Path, tables: dict[str, pd.DataFrame], config_yaml: str,
+                 environment: dict[str, Any] | None = None) -> None:
+    """Write every table, the config and the environment atomically, then the `done` marker."""
     for name, df in tables.items():
         atomic_write(run_dir / f"{name}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False))
     atomic_write_text(run_dir / "config.yaml", config_yaml)
+    if environment is not None:
+        atomic_write_text(run_dir / "environment.json", json.dumps(environment, indent=1) + "\n")
     atomic_write_text(run_dir / "done", pd.Timestamp.now(tz="UTC").isoformat() + "\n")
 
 

@@ -29,8 +29,18 @@ def domain_table(metrics: pd.DataFrame, columns: Sequence[str] = ("error", "ece"
     for c in columns:
         if c in PERCENT_METRICS:
             table[c] *= 100
+    diverged = _diverged_labels(metrics)
+    if diverged:
+        table["flag"] = ["diverged" if label in diverged or (label == "mean") else "" for label in table.index]
     table.index.name = "domain"
     return table
+
+
+def _diverged_labels(metrics: pd.DataFrame) -> set[str]:
+    """Domain labels flagged as diverged (non-finite outputs or gradients) in a run's metrics."""
+    rows = metrics[metrics["domain_index"] >= 0].copy()
+    rows["label"] = domain_labels(rows)
+    return set(rows.loc[(rows["metric"] == "diverged") & (rows["value"] > 0), "label"])
 
 
 def _run_labels(records: Sequence[pd.DataFrame]) -> list[str]:
@@ -56,6 +66,9 @@ def run_summary(metrics: pd.DataFrame, cost: pd.DataFrame) -> str:
         if key in values:
             parts.append(f"{label} {100 * values[key]:+.1f}")
     parts.append(f"{values['images_per_second']:.0f} img/s, cost ratio {values['cost_ratio']:.2f}")
+    n_diverged = metrics.query("metric == 'diverged' and domain_index >= 0")["value"].gt(0).sum()
+    if n_diverged:
+        parts.append(f"DIVERGED in {n_diverged} domain(s): non-finite outputs or gradients (flagged in the record)")
     return "; ".join(parts)
 
 

@@ -80,6 +80,9 @@ class Method:
         self.configure_model()
         params = self.trainable_parameters()
         self.optimizer = build_optimizer(params, hparams) if params else None
+        self._nonfinite_steps: torch.Tensor | None = None
+        if self.optimizer is not None:
+            self.optimizer.register_step_pre_hook(self._watch_gradients)
         self.snapshot()
 
     @classmethod
@@ -114,6 +117,23 @@ class Method:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_and_adapt(x)
+
+    # -- divergence -------------------------------------------------------------------------------
+    def _watch_gradients(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Optimizer step pre-hook: count, on the device, steps whose gradients are not finite.
+
+        A NaN/inf loss shows up here without a host sync and without code in each method; the
+        step itself is left alone (the official code takes it too).
+        """
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            bad = (~torch.nn.utils.get_total_norm(grads).isfinite()).float()
+            self._nonfinite_steps = bad if self._nonfinite_steps is None else self._nonfinite_steps + bad
+
+    def pop_nonfinite_steps(self) -> torch.Tensor | None:
+        """Device count of steps with non-finite gradients since the last call (None: none taken)."""
+        count, self._nonfinite_steps = self._nonfinite_steps, None
+        return count
 
     # -- state ----------------------------------------------------------------------------------
     # Attributes that are part of the state: modules (teachers, anchors, projectors) and tensors that

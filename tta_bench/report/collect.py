@@ -41,6 +41,11 @@ def load_collection(results_dir: Path) -> Collection:
     if not runs:
         raise ConfigError(f"no finished run records under {Path(results_dir) / 'runs'}; "
                           "run experiments first (python run.py ...) or pass RESULTS_DIR=<folder>")
+    return load_runs(runs)
+
+
+def load_runs(runs: list[Path]) -> Collection:
+    """Read the given finished run folders."""
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in RECORD_FILES}
     for run_dir in runs:
         extra = _config_columns(run_dir)
@@ -107,6 +112,7 @@ class Cell:
     mean: float
     std: float
     n: int
+    diverged: bool = False  # some seed had non-finite outputs or gradients here (marked † in tables)
 
 
 def domain_order(group: pd.DataFrame) -> list[str]:
@@ -121,9 +127,23 @@ def seed_table(group: pd.DataFrame, metric: str, scale: float = 100.0) -> dict[s
     part = group[(group["metric"] == metric) & (group["domain_index"] >= 0)].copy()
     part["column"] = domain_labels(part)
     wide = part.pivot_table(index=["label", "seed"], columns="column", values="value", aggfunc="first")
-    wide = wide[domain_order(group)] * scale
-    wide["mean"] = wide.mean(axis=1)
-    return _cells(wide)
+    # reindex, not [], because pivot_table drops all-NaN columns (a diverged domain's NLL).
+    wide = wide.reindex(columns=domain_order(group)) * scale
+    wide["mean"] = wide.mean(axis=1, skipna=False)  # undefined for a domain -> undefined on average
+    cells = _cells(wide)
+    for label, column in _diverged(group):
+        cells[label][column].diverged = cells[label]["mean"].diverged = True
+    return cells
+
+
+def _diverged(group: pd.DataFrame) -> set[tuple[str, str]]:
+    """(label, domain column) pairs where any seed's run flagged the domain as diverged."""
+    part = group[(group["metric"] == "diverged") & (group["domain_index"] >= 0)].copy()
+    if part.empty:  # records written before divergence was recorded
+        return set()
+    part["column"] = domain_labels(part)
+    flagged = part[part["value"] > 0]
+    return set(zip(flagged["label"], flagged["column"]))
 
 
 def run_level_table(group: pd.DataFrame, metrics: dict[str, float]) -> dict[str, dict[str, Cell]]:

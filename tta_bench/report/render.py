@@ -14,6 +14,8 @@ from typing import Literal
 from tta_bench.report.collect import Cell
 
 Best = Literal["min", "max"]
+DIVERGED_MARK = "†"
+DIVERGED_NOTE = f"{DIVERGED_MARK} diverged: non-finite outputs or gradients in at least one seed."
 # Baselines first, then the order papers use; other methods follow alphabetically.
 METHOD_ORDER = ("source", "norm", "bn_alpha", "tent", "eta", "eata", "sar", "deyo", "cotta", "rotta",
                 "rmt", "rmt_source_free", "lame", "roid", "rdumb")
@@ -56,7 +58,8 @@ def _format(cell: Cell | None, digits: int, pm: str) -> str:
     if cell is None or math.isnan(cell.mean):
         return "—"
     text = f"{cell.mean:.{digits}f}"
-    return f"{text} {pm} {cell.std:.{digits}f}" if cell.n > 1 else text
+    text = f"{text} {pm} {cell.std:.{digits}f}" if cell.n > 1 else text
+    return text + DIVERGED_MARK if cell.diverged else text
 
 
 def _grid(table: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
@@ -72,13 +75,19 @@ def _grid(table: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def _notes(table: Table) -> list[str]:
+    """The table's notes, plus the divergence note when a cell is marked."""
+    marked = any(cell.diverged for cells in table.rows.values() for cell in cells.values())
+    return table.notes + ([DIVERGED_NOTE] if marked else [])
+
+
 def to_markdown(table: Table) -> str:
     """GitHub-flavoured Markdown: a heading, the table, then the notes."""
     header, body = _grid(table, "±", lambda s: f"**{s}**")
     lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines + [""] + [f"{note}  " for note in table.notes]).rstrip() + "\n"
+    return "\n".join(lines + [""] + [f"{note}  " for note in _notes(table)]).rstrip() + "\n"
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -93,12 +102,14 @@ def latex_escape(text: str) -> str:
 def to_latex(table: Table) -> str:
     """A booktabs `table` environment (needs \\usepackage{booktabs})."""
     header, body = _grid(table, "$\\pm$", lambda s: f"\\textbf{{{s}}}")
-    escape = lambda s: s if "\\textbf" in s or "$\\pm$" in s else latex_escape(s)  # noqa: E731
+    escape = lambda s: (s if "\\textbf" in s or "$\\pm$" in s else latex_escape(s)).replace(  # noqa: E731
+        DIVERGED_MARK, "$^\\dagger$")
     spec = "l" + "r" * (len(header) - 1)
     lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{latex_escape(table.title)}}}",
              f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
              " & ".join(latex_escape(h) for h in header) + " \\\\", "\\midrule"]
     lines += [" & ".join(escape(c) for c in row) + " \\\\" for row in body]
     lines += ["\\bottomrule", "\\end{tabular}"]
-    lines += [f"\\par\\footnotesize {latex_escape(note)}" for note in table.notes]
+    lines += [f"\\par\\footnotesize {latex_escape(note)}".replace(DIVERGED_MARK, "$^\\dagger$")
+              for note in _notes(table)]
     return "\n".join(lines + ["\\end{table}"]) + "\n"

@@ -1,0 +1,113 @@
+"""Runs that survive: skipping complete runs, checkpoints, SIGKILL/SIGTERM and exact resumption."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_end_to_end import run
+from test_methods import _prepared
+
+import tta_bench
+from conftest import assert_adapts_alike
+from tta_bench.checkpoint import RunCheckpoint, rng_state, set_rng_state
+from tta_bench.results import is_done
+
+REPO = Path(__file__).resolve().parents[1]
+FEW = "data.corruptions=[gaussian_noise,shot_noise,impulse_noise,fog,contrast,pixelate]"
+
+
+@pytest.mark.parametrize("name", tta_bench.list_methods())
+def test_a_method_loaded_from_a_checkpoint_file_adapts_like_the_original(name, tiny_model, tmp_path):
+    """Every piece of state survives torch.save / torch.load(weights_only=True) mid-stream."""
+    initial = copy.deepcopy(tiny_model)
+    torch.manual_seed(0)
+    method = _prepared(name, tiny_model, tmp_path)
+    for _ in range(3):
+        method(torch.rand(8, 3, 6, 6))
+    torch.save(method.state_dict(), tmp_path / "state.pt")
+    torch.manual_seed(1)  # a different random init (e.g. RMT's projector) must be overwritten by the load
+    restored = _prepared(name, initial, tmp_path)
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert_adapts_alike(method, restored)
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_a_complete_run_is_skipped_and_force_reruns_it(embedded, tmp_path, capsys):
+    run_dir = run(embedded, tmp_path, "method=norm", "data.n_examples=50", FEW)
+    stamp = (run_dir / "done").read_text()
+    assert run(embedded, tmp_path, "method=norm", "data.n_examples=50", FEW) == run_dir
+    assert "skip: run" in capsys.readouterr().out and (run_dir / "done").read_text() == stamp
+    run(embedded, tmp_path, "method=norm", "data.n_examples=50", FEW, "force=true")
+    assert (run_dir / "done").read_text() != stamp
+    assert not (run_dir / "checkpoint.pt").exists()  # removed once the record is complete
+
+
+def test_a_checkpoint_of_another_run_is_ignored(embedded, tmp_path, capsys):
+    run_dir = run(embedded, tmp_path, "method=tent", "data.n_examples=50", FEW)
+    checkpoint = RunCheckpoint(run_dir, "another-run", "weights")
+    torch.save({"format": 1, "run_id": "another-run"}, checkpoint.path)
+    (run_dir / "done").unlink()
+    run(embedded, tmp_path, "method=tent", "data.n_examples=50", FEW)
+    assert "ignoring checkpoint" in capsys.readouterr().out and is_done(run_dir)
+
+
+def _command(embedded, results: Path, method: str) -> list[str]:
+    return [sys.executable, str(REPO / "run.py"), f"method={method}", "data.n_examples=400", FEW, "progress=false",
+            "device=cpu", f"results_dir={results}", f"data_root={embedded['data_root']}",
+            f"model_dir={embedded['model_dir']}", "hydra.run.dir=" + str(results / "hydra")]
+
+
+def _start_and_signal(command: list[str], results: Path, signum: int) -> subprocess.CompletedProcess:
+    """Start a run, send `signum` as soon as its first checkpoint exists, and wait for it to end."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(results.glob("runs/*/checkpoint.pt")):
+        assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.communicate()[1]}"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _metrics(results: Path) -> pd.DataFrame:
+    (run_dir,) = results.glob("runs/*")
+    assert is_done(run_dir)
+    return pd.read_parquet(run_dir / "metrics.parquet")
+
+
+# tent is deterministic; deyo draws random augmentations, so its RNG state must survive too.
+@pytest.mark.parametrize(("method", "signum"), [("tent", signal.SIGKILL), ("deyo", signal.SIGTERM)])
+def test_a_killed_run_continues_to_exactly_the_same_metrics(method, signum, embedded, tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    stopped = _start_and_signal(_command(embedded, killed, method), killed, signum)
+    assert stopped.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signum)
+    if signum == signal.SIGTERM:  # a clean stop: a message and a checkpoint, no traceback
+        assert "stopped: SIGTERM" in stopped.stderr and "Traceback" not in stopped.stderr
+    (run_dir,) = killed.glob("runs/*")
+    assert (run_dir / "checkpoint.pt").is_file() and not is_done(run_dir)
+    resumed = subprocess.run(_command(embedded, killed, method), cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming run" in resumed.stdout
+    subprocess.run(_command(embedded, whole, method) + ["checkpoint=false"], cwd=REPO, check=True,
+                   capture_output=True)
+    pd.testing.assert_frame_equal(_metrics(killed), _metrics(whole), check_exact=True)
