@@ -111,3 +111,79 @@ def test_a_killed_run_continues_to_exactly_the_same_metrics(method, signum, embe
     subprocess.run(_command(embedded, whole, method) + ["checkpoint=false"], cwd=REPO, check=True,
                    capture_output=True)
     pd.testing.assert_frame_equal(_metrics(killed), _metrics(whole), check_exact=True)
+
+
+def test_stop_signals_are_polled_then_forwarded_to_the_previous_handler():
+    from tta_bench.signals import StopSignals
+
+    received = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.01)
+            assert stop.signum == signal.SIGUSR2 and received == []  # only a request so far
+            stop.forward()  # e.g. submitit's requeue handler
+            assert received == [signal.SIGUSR2]
+        os.kill(os.getpid(), signal.SIGUSR2)  # the previous handler is back
+        time.sleep(0.01)
+        assert received == [signal.SIGUSR2, signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+class StopAfter:
+    """A stop request that appears once `n` batches have been adapted on (polled after each batch)."""
+
+    def __init__(self, method, n: int):
+        self.method, self.n, self.calls = method, n, 0
+        original = method.forward_and_adapt
+
+        def counting(x):
+            self.calls += 1
+            return original(x)
+
+        method.forward_and_adapt = counting
+
+    @property
+    def signum(self):
+        return signal.SIGUSR1 if self.calls >= self.n else None
+
+
+def test_a_stop_in_the_middle_of_a_domain_resumes_exactly(embedded, tmp_path):
+    from test_configs import compose_with
+
+    from tta_bench.checkpoint import restore
+    from tta_bench.experiment import open_experiment
+    from tta_bench.models import create_model
+    from tta_bench.runner import Stopped, StreamState, adapt_stream
+
+    cfg = compose_with([f"data_root={embedded['data_root']}", f"model_dir={embedded['model_dir']}", "progress=false",
+                        "device=cpu", "method=deyo", "data.n_examples=100", "data.batch_size=50", FEW], tmp_path)
+    exp, hparams = open_experiment(cfg)
+
+    def fresh():
+        model = create_model("digits_c", embedded["model_dir"], embedded["data_root"], progress=False)
+        torch.manual_seed(1)
+        return tta_bench.create_method("deyo", model, family="cifar")
+
+    def stream(method, state=None, on_boundary=None, stop=None):
+        return adapt_stream(method, exp.bench, exp.stream, 50, 10, torch.device("cpu"), False, state, on_boundary, stop)
+
+    whole = stream(fresh())
+    saved = {}
+
+    def keep(state, finished):
+        saved.update(method=copy.deepcopy(first.state_dict()), stream=state.state_dict(), rng=rng_state())
+
+    first = fresh()
+    with pytest.raises(Stopped) as stopped:
+        stream(first, on_boundary=keep, stop=StopAfter(first, 5))  # 2 batches per domain: stops inside domain 3
+    assert stopped.value.position.segment == 2 and stopped.value.position.offset == 50
+    torch.manual_seed(123)  # whatever happened since, the checkpoint's RNG state is what counts
+    second, state = fresh(), StreamState(len(exp.stream.domains), 10, exp.stream.n_batches(50), torch.device("cpu"))
+    restore(saved, second, state)
+    resumed = stream(second, state)
+    for key, value in whole.per_domain.items():
+        np.testing.assert_array_equal(resumed.per_domain[key], value, err_msg=key)
+    np.testing.assert_array_equal(resumed.batch_errors, whole.batch_errors)

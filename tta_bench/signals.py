@@ -39,3 +39,9 @@ class StopSignals:
         handler = self.previous.get(self.signum)
         if callable(handler):
             handler(self.signum, None)
+
+
+def ignore_stop_signals(*args: Any) -> None:
+    """Ignore the stop signals in this process (data-loader workers: the main process handles them)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

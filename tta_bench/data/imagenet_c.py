@@ -24,6 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from tta_bench.data.domains import SEVERITIES
 from tta_bench.errors import ConfigError, DataNotFoundError
+from tta_bench.signals import ignore_stop_signals
 
 ZENODO_URL = "https://zenodo.org/records/2235448"
 ARCHIVES: dict[str, tuple[str, ...]] = {
@@ -336,6 +337,8 @@ def stream_batches(files: ImageNetCFiles, items: Sequence[tuple[str, int, int]] 
         # Batches queued per worker (DataLoader's meaning), so workers*prefetch are decoded ahead.
         prefetch_factor=max(1, prefetch) if workers > 0 else None,
         pin_memory=device.type == "cuda",
+        # SLURM signals every process of a job; the main process checkpoints and stops the workers.
+        worker_init_fn=ignore_stop_signals,
     )
     batches = iter(loader)
     ahead: torch.Tensor | None = None  # one batch ahead: its copy is queued while the caller computes
