@@ -53,7 +53,10 @@ class RunCheckpoint:
         """Write the full state atomically (the previous checkpoint stays valid until the rename)."""
         payload = {**self.identity, "method": method.state_dict(), "stream": stream.state_dict(),
                    "rng": rng_state(), "extra": extra}
-        atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
+        try:
+            atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
+        except OSError as exc:  # e.g. a full disk: the run itself can still finish
+            print(f"note: could not write checkpoint {self.path} ({exc}); continuing without it")
 
     def load(self, device: torch.device) -> dict[str, Any] | None:
         """The saved payload, or None when there is none or it belongs to another run (with a note)."""
