@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-full describe bench paper-tables clean
+.PHONY: help install run test test-full describe bench paper-tables snapshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,13 @@ bench: install ## runner overhead vs a bare loop (figures in README)
 RESULTS_DIR ?= results
 paper-tables: install ## tables (.md/.tex) and plots from finished runs; RESULTS_DIR=<dir>, ARGS="dataset=digits_c setting=continual"
 	$(PY) scripts/paper_tables.py --results-dir $(RESULTS_DIR) $(ARGS)
+
+SNAPSHOT ?= results/snapshots/$(shell date -u +%F)_$(shell git rev-parse --short HEAD)
+snapshot: install ## the full embedded sweep (every method x continual, reset_each_shift x 3 seeds; hours on CPU), rendered; SNAPSHOT=<dir> continues one
+	$(PY) run.py -m method=$$($(PY) -c "import tta_bench; print(','.join(tta_bench.list_methods()))") \
+		data=digits_c_continual,digits_c_reset_each_shift seed=1,2,3 progress=false results_dir=$(SNAPSHOT) \
+		'hydra.sweep.dir=results/hydra/multirun/$${now:%Y-%m-%d}/$${now:%H-%M-%S}'
+	$(PY) scripts/paper_tables.py --results-dir $(SNAPSHOT)
 
 clean: ## remove the venv, results and caches (not data/ or models/)
 	rm -rf $(VENV) results .pytest_cache
