@@ -58,13 +58,19 @@ def test_every_method_runs_and_resets(name, family, tiny_model, tmp_path):
         torch.testing.assert_close(after[key], before[key], equal_nan=True, msg=f"{name}: {key} not restored")
 
 
+def _adapted(name: str, model: torch.nn.Module, cache: Path, batches: int = 3) -> tta_bench.Method:
+    """The prepared method (random init from seed 0) after adapting on `batches` random batches."""
+    torch.manual_seed(0)
+    method = _prepared(name, model, cache)
+    for _ in range(batches):
+        method(torch.rand(8, 3, 6, 6))
+    return method
+
+
 @pytest.mark.parametrize("name", tta_bench.list_methods())
 def test_after_reset_a_method_adapts_like_a_fresh_one(name, tiny_model, tmp_path):
     original = copy.deepcopy(tiny_model)
-    torch.manual_seed(0)
-    method = _prepared(name, tiny_model, tmp_path)
-    for _ in range(3):
-        method(torch.rand(8, 3, 6, 6))
+    method = _adapted(name, tiny_model, tmp_path)
     method.reset()
     torch.manual_seed(0)
     fresh = _prepared(name, original, tmp_path)  # the same cached preparation, the same random init

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from test_end_to_end import run
-from test_methods import _prepared
+from test_methods import _adapted, _prepared
 
 import tta_bench
 from conftest import assert_adapts_alike
@@ -30,10 +30,7 @@ FEW = "data.corruptions=[gaussian_noise,shot_noise,impulse_noise,fog,contrast,pi
 def test_a_method_loaded_from_a_checkpoint_file_adapts_like_the_original(name, tiny_model, tmp_path):
     """Every piece of state survives torch.save / torch.load(weights_only=True) mid-stream."""
     initial = copy.deepcopy(tiny_model)
-    torch.manual_seed(0)
-    method = _prepared(name, tiny_model, tmp_path)
-    for _ in range(3):
-        method(torch.rand(8, 3, 6, 6))
+    method = _adapted(name, tiny_model, tmp_path)
     torch.save(method.state_dict(), tmp_path / "state.pt")
     torch.manual_seed(1)  # a different random init (e.g. RMT's projector) must be overwritten by the load
     restored = _prepared(name, initial, tmp_path)
@@ -173,7 +170,7 @@ def test_a_stop_in_the_middle_of_a_domain_resumes_exactly(embedded, tmp_path):
     whole = stream(fresh())
     saved = {}
 
-    def keep(state, finished):
+    def keep(state, finished, summary):
         saved.update(method=copy.deepcopy(first.state_dict()), stream=state.state_dict(), rng=rng_state())
 
     first = fresh()

@@ -236,9 +236,9 @@ def _stream(cfg: DictConfig, exp: Experiment, method: Method, state: StreamState
     """The online pass with checkpoints at domain boundaries and a clean stop on SIGTERM/SIGUSR1/2."""
     last = len(exp.stream.segments)
 
-    def on_boundary(state: StreamState, finished: np.ndarray | None) -> None:
+    def on_boundary(state: StreamState, finished: np.ndarray | None, summary: dict | None) -> None:
         if finished is not None:
-            logger.domains_finished(state.metrics.compute(), [exp.stream.domains[d] for d in finished])
+            logger.domains_finished(summary, [exp.stream.domains[d] for d in finished])
         if stop.signum is not None or (cfg.checkpoint and state.position.segment < last):
             checkpoint.save(method, state, {"clean_before": clean_before})
 

@@ -150,9 +150,10 @@ class Stopped(Exception):
         self.signum, self.position = signum, position
 
 
-# Called with the state after every segment, with the domain ids that segment finished, and once
-# with None when the pass stops on request in the middle of a segment.
-BoundaryCallback = Callable[[StreamState, Optional[np.ndarray]], None]
+# Called with the state after every segment, with the domain ids that segment finished and the metrics
+# so far (`DomainMetrics.compute`), and once with (state, None, None) when the pass stops on request
+# in the middle of a segment.
+BoundaryCallback = Callable[[StreamState, Optional[np.ndarray], Optional[dict]], None]
 
 
 def _adapt_segment(method: Method, data: DeviceSegment, segment: Segment, state: StreamState, bar: Any,
@@ -198,14 +199,14 @@ def adapt_stream(method: Method, bench: Benchmark, stream: Stream, batch_size: i
         _adapt_segment(method, data, segment, state, bar, stop)
         synchronize(device)
         state.adapt_seconds += time.perf_counter() - start_time
-        finished = state.position.offset == len(segment)
+        finished, summary = state.position.offset == len(segment), None
         if finished:
             state.position = StreamPosition(index + 1, 0, state.position.batch)
             summary = state.metrics.compute()  # the one host sync of this segment
             errors_so_far = np.nansum(summary["error"] * summary["n_samples"])
             bar.set_postfix(error=f"{100 * errors_so_far / summary['n_samples'].sum():.1f}%")
         if on_boundary is not None:
-            on_boundary(state, np.unique(segment.domain_ids) if finished else None)
+            on_boundary(state, np.unique(segment.domain_ids) if finished else None, summary)
         if stop is not None and stop.signum is not None:
             bar.close()
             raise Stopped(stop.signum, state.position)
