@@ -34,7 +34,8 @@ def test_a_local_submitit_sweep_writes_every_record_and_reruns_nothing(embedded,
                "data.n_examples=200", THREE, f"results_dir={tmp_path}", f"data_root={embedded['data_root']}",
                f"model_dir={embedded['model_dir']}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    first = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    assert "Comparison on digits_c continual" in first.stdout  # printed by the launching process
     runs = sorted((tmp_path / "runs").glob("*"))
     assert len(runs) == 3 and all(is_done(r) for r in runs)
     stamps = [(r / "done").read_text() for r in runs]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from tta_bench.errors import Interrupted, TTABenchError
+from tta_bench.hydra_callbacks import RUN_DIR_FILE
 
 EXIT_USER_ERROR = 2
 
@@ -21,7 +23,10 @@ def main_task(cfg: DictConfig) -> str:
     # SystemExit passes through Hydra's job runner, so no traceback is printed.
     try:
         check_targets(cfg, HydraConfig.get() if HydraConfig.initialized() else None)
-        return str(run_experiment(cfg))
+        run_dir = run_experiment(cfg)
+        if HydraConfig.initialized():  # for the end-of-sweep comparison (hydra_callbacks.PrintComparison)
+            (Path(HydraConfig.get().runtime.output_dir) / RUN_DIR_FILE).write_text(f"{run_dir.resolve()}\n")
+        return str(run_dir)
     except Interrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
