@@ -184,3 +184,18 @@ def test_a_stop_in_the_middle_of_a_domain_resumes_exactly(embedded, tmp_path):
     for key, value in whole.per_domain.items():
         np.testing.assert_array_equal(resumed.per_domain[key], value, err_msg=key)
     np.testing.assert_array_equal(resumed.batch_errors, whole.batch_errors)
+
+
+class Payload:
+    """Any class: torch.load(weights_only=True) must refuse to construct it."""
+
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_checkpoint_with_pickled_objects_is_not_loaded(tmp_path, capsys):
+    checkpoint = RunCheckpoint(tmp_path, "run", "weights")
+    torch.save({"format": 1, "run_id": "run", "weights_sha256": "weights", "method": Payload()}, checkpoint.path)
+    assert checkpoint.load(torch.device("cpu")) is None
+    out = capsys.readouterr().out
+    assert "ignoring unreadable checkpoint" in out and "code ran while loading" not in out
