@@ -18,6 +18,7 @@ ALLOWED_TARGET_PREFIXES = (
     "hydra_plugins.hydra_submitit_launcher.",
     "hydra._internal.core_plugins.",  # Hydra's own basic launcher and sweeper
 )
+_ALLOWED = ", ".join(p.rstrip(".") for p in ALLOWED_TARGET_PREFIXES)
 
 
 def is_allowed_target(target: Any) -> bool:
@@ -46,8 +47,7 @@ def check_targets(*configs: Any) -> None:
     """Raise ConfigError naming every `_target_` outside tta_bench and the launcher plugins."""
     found = [f for cfg in configs if cfg is not None for f in foreign_targets(cfg)]
     if found:
-        allowed = ", ".join(p.rstrip(".") for p in ALLOWED_TARGET_PREFIXES)
-        raise ConfigError(f"refusing to instantiate {'; '.join(found)}: _target_ must be under {allowed}")
+        raise ConfigError(f"refusing to instantiate {'; '.join(found)}: _target_ must be under {_ALLOWED}")
 
 
 def check_override_targets(overrides: list[str]) -> None:
@@ -58,8 +58,7 @@ def check_override_targets(overrides: list[str]) -> None:
     for item in overrides:
         key, sep, value = item.partition("=")
         if sep and key.split(".")[-1] == "_target_" and not is_allowed_target(value.strip("'\"")):
-            allowed = ", ".join(p.rstrip(".") for p in ALLOWED_TARGET_PREFIXES)
-            raise ConfigError(f"refusing to instantiate {key.lstrip('+~')}: {value}: _target_ must be under {allowed}")
+            raise ConfigError(f"refusing to instantiate {key.lstrip('+~')}: {value}: _target_ must be under {_ALLOWED}")
 
 
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:
