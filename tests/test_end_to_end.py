@@ -18,6 +18,7 @@ from tta_bench.data.datasets import open_benchmark
 from tta_bench.data.domains import BENCHMARK_CORRUPTIONS
 from tta_bench.data.streams import TRANSFORMS
 from tta_bench.experiment import run_experiment
+from tta_bench.memory import reset_peak_memory
 from tta_bench.models import create_model
 from tta_bench.results import ROW_COLUMNS, is_done, run_id_of
 
@@ -135,3 +136,17 @@ def test_library_api(embedded):
     assert not tent.returns_probabilities
     errors = [(tent(x[i : i + 100]).argmax(1) != y[i : i + 100]).float().mean().item() for i in range(0, 300, 100)]
     assert all(0 <= e <= 1 for e in errors)
+
+
+def test_peak_memory_is_the_runs_own_not_an_earlier_jobs(embedded, tmp_path):
+    """A Hydra multirun runs jobs in one process; an earlier job's peak must not leak into the next record."""
+    if not reset_peak_memory(torch.device("cpu")):
+        pytest.skip("resetting the RSS high-water mark needs Linux (/proc/self/clear_refs)")
+    spike = np.ones(600 * 2**20 // 8)  # 600 MiB, touched, then freed: the process high-water mark rises
+    del spike
+    run_dir = run(embedded, tmp_path, "method=source", "data.n_examples=100", FEW)
+    cost = pd.read_parquet(run_dir / "cost.parquet").set_index("metric").value
+    hwm = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+           if line.startswith(("VmHWM", "VmRSS"))}
+    assert 0 < cost["peak_memory_mb"] <= hwm["VmHWM"] / 1024
+    assert cost["peak_memory_mb"] < hwm["VmRSS"] / 1024 + 300  # far below the 600 MiB spike on top of it

@@ -162,3 +162,28 @@ def test_runs_of_different_source_weights_are_not_pooled(records):
     assert render(records) == 0
     groups = sorted(p.name for p in (records / "tables").iterdir() if p.is_dir())
     assert len(groups) == 2 and all(g.startswith("digits_c-continual-digits_c-b200-n20-w") for g in groups)
+
+
+SNAPSHOTS = sorted(p for p in (REPO / "results" / "snapshots").glob("*") if (p / "tables").is_dir())
+
+
+@pytest.mark.parametrize("snapshot", SNAPSHOTS, ids=[p.name for p in SNAPSHOTS])
+def test_committed_snapshot_tables_are_what_its_records_render(snapshot, tmp_path):
+    """A snapshot's committed tables come from its committed records, not from edits or older code."""
+    from tta_bench.report.collect import load_collection
+    from tta_bench.report.paper import write_tables
+
+    collection = load_collection(snapshot)
+    assert collection.rows["run_id"].nunique() == len(list((snapshot / "runs").glob("*/done")))
+    write_tables(collection, tmp_path / "tables")
+    assert rendered_tables(tmp_path) == rendered_tables(snapshot)
+
+
+def test_readme_shows_the_newest_snapshots_main_table_and_a_plot():
+    readme = (REPO / "README.md").read_text()
+    snapshot = SNAPSHOTS[-1]
+    main_table = (snapshot / "tables" / "digits_c-continual-digits_c" / "error.md").read_text()
+    rows = [line for line in main_table.splitlines() if line.startswith("|")]
+    assert "\n".join(rows) in readme
+    plot = next(line for line in readme.splitlines() if line.startswith("![") and snapshot.name in line)
+    assert (REPO / plot.split("(")[1].rstrip(")")).is_file()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import resource
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tta_bench.data.tensors import as_float, to_nchw
 from tta_bench.environment import device_name, environment_record
 from tta_bench.errors import ConfigError, DataNotFoundError, Interrupted, OutOfMemory
 from tta_bench.loggers import RunLogger
+from tta_bench.memory import peak_memory_mb, reset_peak_memory
 from tta_bench.methods import method_class
 from tta_bench.methods.base import Hparams, Method, effective_batch_size
 from tta_bench.methods.preparation import SourceData, prepare_method
@@ -125,12 +125,6 @@ def _tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int)
     return zip(slices(images, batch_size), slices(labels, batch_size))
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def _set_up_method(exp: Experiment, cfg: DictConfig, model: torch.nn.Module, hparams: Hparams,
                    weights: str) -> Method:
     """Wrap the model in the method and run its cached preparation step when it has one."""
@@ -194,6 +188,7 @@ def out_of_memory_message(exp: Experiment, method: str) -> Iterator[None]:
 def _run(cfg: DictConfig, exp: Experiment, hparams: Hparams, logger: RunLogger) -> dict[str, pd.DataFrame]:
     """Set up, stream (from a checkpoint when there is one), measure forgetting, write the record."""
     environment = environment_record(exp.device)
+    reset_peak_memory(exp.device)  # this run's peak, not an earlier job's in the same process
     seed_everything(int(cfg.seed))
     options = {k: v for k, v in cfg.model.items() if k != "name"}
     model = create_model(cfg.model.name, cfg.model_dir, cfg.data_root, bool(cfg.progress), **options).to(exp.device)
@@ -222,7 +217,7 @@ def _run(cfg: DictConfig, exp: Experiment, hparams: Hparams, logger: RunLogger) 
     tables = {
         "metrics": metric_rows(ids, exp.stream, result.per_domain, forgetting,
                                "label_shift" in parse_setting(cfg.data.setting)),
-        "cost": cost_rows(ids, result, plain_seconds, exp.batch_size, _peak_memory_mb(exp.device)),
+        "cost": cost_rows(ids, result, plain_seconds, exp.batch_size, peak_memory_mb(exp.device)),
         "curve": curve_rows(ids, result),
     }
     write_record(exp.run_dir, tables, OmegaConf.to_yaml(OmegaConf.create(exp.config)), environment)

@@ -107,7 +107,8 @@ def reliability(part: pd.DataFrame, title: str, path: Path) -> Path:
         ax.bar(centers, accuracy, width=1 / len(count), edgecolor="black", lw=0.4, label="accuracy")
         ax.plot([0, 1], [0, 1], "r--", lw=1, label="perfect calibration")
         ece = np.abs(conf - correct).sum() / count.sum()
-        ax.set(title=f"{label} (pooled ECE {100 * ece:.1f}%)", xlim=(0, 1), ylim=(0, 1),
+        # two lines: long method names (rmt_source_free) overflow a one-line title
+        ax.set(title=f"{label}\npooled ECE {100 * ece:.1f}%", xlim=(0, 1), ylim=(0, 1),
                xlabel="confidence", ylabel="accuracy")
     for ax in axes.flat[len(labels):]:
         ax.axis("off")
